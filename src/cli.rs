@@ -1,0 +1,100 @@
+//! The command line: flags and their help. Kept apart from `main` so the help text reads as one page.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "regsweep",
+    version,
+    about = "Reclaim the storage of a Docker Distribution registry: a fast, safe, complete garbage collector",
+    long_about = "Reclaim the storage of a Docker Distribution registry (2.x and 3.x layout).\n\n\
+        regsweep marks everything live straight on the storage and sweeps the rest: unreferenced \
+        blobs, untagged manifests (with --delete-untagged), dangling links, broken tags, empty \
+        repositories, stale uploads and empty directories."
+)]
+pub struct Cli {
+    /// Log format on stderr.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+
+    /// Print only errors.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Collect garbage: mark what is live, then delete everything else.
+    #[command(
+        after_help = "Exit status: 0 when everything went well; 1 when the run was refused (nothing \
+            deleted) or some deletions or the restart command failed (see the summary); 2 for bad usage."
+    )]
+    Gc(GcArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct GcArgs {
+    /// The registry's own config.yml (REGISTRY_* environment overrides apply, as in the registry).
+    #[arg(value_name = "CONFIG", required_unless_present = "storage", conflicts_with = "storage")]
+    pub config: Option<PathBuf>,
+
+    /// The storage root instead of a config file: file:///var/lib/registry (or a plain path).
+    #[arg(long, value_name = "URL")]
+    pub storage: Option<String>,
+
+    /// Do everything but delete: print the exact plan and what it would reclaim.
+    #[arg(short = 'd', long)]
+    pub dry_run: bool,
+
+    /// Also collect manifests that no tag reaches, directly, through an index, or as a referrer.
+    #[arg(short = 'm', long)]
+    pub delete_untagged: bool,
+
+    /// Never delete an object modified more recently than this (protects pushes in progress).
+    #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = parse_duration)]
+    pub min_age: Duration,
+
+    /// Delete uploads with no activity for this long (the registry's upload purging default).
+    #[arg(long, value_name = "DURATION", default_value = "168h", value_parser = parse_duration)]
+    pub upload_max_age: Duration,
+
+    /// Storage requests in flight at once.
+    #[arg(long, value_name = "N", default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..))]
+    pub concurrency: u16,
+
+    /// Output: a text summary, or one JSON object on stdout (logs stay on stderr).
+    #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+    pub format: OutputFormat,
+
+    /// Write the plan to FILE as JSON lines: {"phase", "kind", "key", "bytes"}, one per object.
+    #[arg(long, value_name = "FILE")]
+    pub plan_file: Option<PathBuf>,
+
+    /// Run through `sh -c` after a sweep that deleted anything (to restart the registry, whose
+    /// blob cache still believes deleted layers exist); its failure makes the exit status non-zero.
+    #[arg(long, value_name = "CMD")]
+    pub restart_command: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Durations as operators write them: `90s`, `1h`, `168h`, `1h30m`, `7d`.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text).map_err(|e| format!("{e} (examples: 0s, 30m, 1h, 168h, 7d)"))
+}

@@ -1,0 +1,28 @@
+//! regsweep: reclaim the storage of a Docker Distribution registry.
+//!
+//! A streaming mark-and-sweep straight on the registry's storage, laid out as the pipeline it runs:
+//!
+//! - [`config`]: where the storage is, from the registry's own `config.yml` or a `--storage` URL;
+//! - [`storage`]: the small async trait every backend implements ([`storage::local`] for filesystems);
+//! - [`layout`]: every path format of the storage, in one place;
+//! - [`scan`]: one concurrent listing into an [`scan::Inventory`];
+//! - [`manifest`] and [`mark`]: what is live, as a compact bitmap over the blobs;
+//! - [`plan`]: what goes, in a crash-safe order — pure, so a dry run is exact;
+//! - [`sweep`]: batched, concurrent deletion;
+//! - [`report`]: the summary for people and schedulers;
+//! - [`restart`]: make the registry forget deleted blobs.
+//!
+//! [`gc::Collection`] runs them in order.
+
+pub mod config;
+pub mod digest;
+pub mod gc;
+pub mod layout;
+pub mod manifest;
+pub mod mark;
+pub mod plan;
+pub mod report;
+pub mod restart;
+pub mod scan;
+pub mod storage;
+pub mod sweep;

@@ -1,0 +1,601 @@
+//! Plan: what the sweep deletes, in which order. Pure — no I/O — so that a dry run prints exactly
+//! what a real run does, and so that every rule is unit-tested.
+//!
+//! The phases run in an order that keeps every tagged image pullable if the process dies at any
+//! instant, and that lets a second run find whatever the first left:
+//! untagged manifests (revision links, tag index entries) → stale `_layers` links → broken tags →
+//! unreferenced blobs → what is left of repositories with nothing live → stale uploads → empty
+//! directories. References go before what they reference, so no crash leaves a link to a missing blob.
+//! Every deletion respects the grace period: nothing modified after the cut-off goes.
+
+use std::collections::HashSet;
+use std::time::SystemTime;
+
+use serde::Serialize;
+
+use crate::digest::Digest;
+use crate::layout;
+use crate::mark::{MarkSet, RepositoryMarks};
+use crate::scan::{BlobUniverse, Inventory, Repository};
+use crate::storage::ObjectMeta;
+
+/// The sweep's phases, in the order they run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    Manifests,
+    LayerLinks,
+    Tags,
+    Blobs,
+    Repositories,
+    Uploads,
+    EmptyDirectories,
+}
+
+impl Phase {
+    pub const ALL: [Phase; 7] = [
+        Phase::Manifests,
+        Phase::LayerLinks,
+        Phase::Tags,
+        Phase::Blobs,
+        Phase::Repositories,
+        Phase::Uploads,
+        Phase::EmptyDirectories,
+    ];
+
+    /// The name used in plans and summaries.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Manifests => "manifests",
+            Phase::LayerLinks => "layer_links",
+            Phase::Tags => "tags",
+            Phase::Blobs => "blobs",
+            Phase::Repositories => "repositories",
+            Phase::Uploads => "uploads",
+            Phase::EmptyDirectories => "empty_directories",
+        }
+    }
+}
+
+/// What one deletion removes, for the counters of the summary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    /// A revision link (with its legacy signature links): the manifest leaves the repository.
+    Manifest,
+    /// A legacy signature link whose revision is gone.
+    SignatureLink,
+    TagIndexEntry,
+    LayerLink,
+    /// A whole tag directory whose `current/link` points at nothing in storage.
+    Tag,
+    Blob,
+    Upload,
+    EmptyDirectory,
+}
+
+/// What a deletion targets. Blobs, by far the most numerous, are named by index so that a plan of
+/// millions of blobs holds no strings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    Blob(u32),
+    Keys(Vec<String>),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Deletion {
+    pub phase: Phase,
+    pub kind: Kind,
+    pub target: Target,
+    /// Bytes of content freed (blobs and upload data; links and directories count zero).
+    pub bytes: u64,
+}
+
+impl Deletion {
+    /// The storage keys this deletion removes.
+    pub fn keys(&self, universe: &BlobUniverse) -> Vec<String> {
+        match &self.target {
+            Target::Blob(index) => vec![layout::blob_data(universe.digest(*index))],
+            Target::Keys(keys) => keys.clone(),
+        }
+    }
+}
+
+/// Grace periods, as instants: what was modified after them stays.
+#[derive(Debug, Clone, Copy)]
+pub struct PlanOptions {
+    /// Run start minus `--min-age`.
+    pub cutoff: SystemTime,
+    /// Run start minus `--upload-max-age`.
+    pub upload_cutoff: SystemTime,
+}
+
+/// Everything the sweep will delete, ordered by phase.
+#[derive(Debug, Default)]
+pub struct SweepPlan {
+    pub deletions: Vec<Deletion>,
+    /// Repositories left with nothing: once the plan is carried out their directories are gone.
+    pub repositories_deleted: Vec<String>,
+}
+
+/// Decides what goes. `marks` must come from [`crate::mark::mark`] over the same `inventory`.
+pub fn plan(inventory: &Inventory, marks: &MarkSet, options: PlanOptions) -> SweepPlan {
+    let old = |modified: SystemTime| modified <= options.cutoff;
+    let mut plan = SweepPlan::default();
+    for (repo, repo_marks) in inventory.repositories.iter().zip(&marks.repositories) {
+        plan_repository(repo, repo_marks, &inventory.blobs, options, &mut plan);
+    }
+    let universe = &inventory.blobs;
+    for index in 0..u32::try_from(universe.len()).expect("more than 2^32 blobs") {
+        if !marks.blobs.contains(index) && old(universe.modified(index)) {
+            plan.deletions.push(Deletion {
+                phase: Phase::Blobs,
+                kind: Kind::Blob,
+                target: Target::Blob(index),
+                bytes: universe.size(index),
+            });
+        }
+    }
+    plan.deletions
+        .extend(empty_directories(&inventory.markers, options, Phase::EmptyDirectories));
+    // Stable: within a phase, the order above (repository by repository, blobs by digest) stays.
+    plan.deletions.sort_by_key(|d| d.phase);
+    plan
+}
+
+fn plan_repository(
+    repo: &Repository,
+    marks: &RepositoryMarks,
+    universe: &BlobUniverse,
+    options: PlanOptions,
+    plan: &mut SweepPlan,
+) {
+    let old = |modified: SystemTime| modified <= options.cutoff;
+    let name = repo.name.as_str();
+    let live = |digest: &Digest| {
+        universe
+            .index(digest)
+            .is_some_and(|i| marks.manifests.contains(i))
+    };
+    let mut kept_anything = !repo.unknown.is_empty();
+    let keys = |kind, phase, keys: Vec<String>| Deletion {
+        phase,
+        kind,
+        target: Target::Keys(keys),
+        bytes: 0,
+    };
+    let mut deletions = Vec::new();
+
+    // Manifests: revision links that no live thing reaches, with their signature links.
+    let mut kept_revisions: HashSet<Digest> = HashSet::new();
+    for revision in &repo.revisions {
+        if live(&revision.digest) || !old(revision.modified) {
+            kept_revisions.insert(revision.digest);
+            continue;
+        }
+        let mut doomed = vec![layout::revision_link(name, &revision.digest)];
+        doomed.extend(
+            repo.signatures
+                .iter()
+                .filter(|s| s.revision == revision.digest && old(s.modified))
+                .map(|s| layout::revision_signature_link(name, &s.revision, &s.signature)),
+        );
+        deletions.push(keys(Kind::Manifest, Phase::Manifests, doomed));
+    }
+    kept_anything |= !kept_revisions.is_empty();
+    let revision_listed: HashSet<Digest> = repo.revisions.iter().map(|r| r.digest).collect();
+    for signature in &repo.signatures {
+        if revision_listed.contains(&signature.revision) {
+            continue; // decided with its revision above
+        }
+        if old(signature.modified) && !live(&signature.revision) {
+            let key = layout::revision_signature_link(name, &signature.revision, &signature.signature);
+            deletions.push(keys(Kind::SignatureLink, Phase::Manifests, vec![key]));
+        } else {
+            kept_anything = true;
+        }
+    }
+
+    // Tags: a tag whose current/link names nothing in storage (or that has no current/link) goes
+    // whole, unless any of it is young (a tag being written); otherwise only its stale index entries.
+    for tag in &repo.tags {
+        let target = tag
+            .current
+            .as_ref()
+            .and_then(|c| c.target.as_ref().ok().copied());
+        let broken = target.is_none_or(|d| universe.index(&d).is_none());
+        if broken {
+            let current_old = tag.current.as_ref().is_none_or(|c| old(c.modified));
+            if current_old && tag.index.iter().all(|l| old(l.modified)) {
+                let mut doomed: Vec<String> = tag
+                    .index
+                    .iter()
+                    .map(|l| layout::tag_index_link(name, &tag.name, &l.digest))
+                    .collect();
+                if tag.current.is_some() {
+                    doomed.push(layout::tag_current_link(name, &tag.name));
+                }
+                deletions.push(keys(Kind::Tag, Phase::Tags, doomed));
+                continue;
+            }
+        }
+        kept_anything = true;
+        for entry in &tag.index {
+            let keep = Some(entry.digest) == target
+                || kept_revisions.contains(&entry.digest)
+                || !old(entry.modified);
+            if !keep {
+                let key = layout::tag_index_link(name, &tag.name, &entry.digest);
+                deletions.push(keys(Kind::TagIndexEntry, Phase::Manifests, vec![key]));
+            }
+        }
+    }
+
+    // Layer links: stay while a live manifest of this repository references the blob (or it is a
+    // live manifest itself, as some clients fetch manifests through the blob endpoint).
+    for link in &repo.layer_links {
+        let referenced = universe
+            .index(&link.digest)
+            .is_some_and(|i| marks.layers.contains(i) || marks.manifests.contains(i));
+        if referenced || !old(link.modified) {
+            kept_anything = true;
+        } else {
+            let key = layout::layer_link(name, &link.digest);
+            deletions.push(keys(Kind::LayerLink, Phase::LayerLinks, vec![key]));
+        }
+    }
+
+    // Uploads and empty directories: by age. In a repository with nothing else left, they are what
+    // remains of it, and go in the repositories phase.
+    let upload_cutoff = options.cutoff.min(options.upload_cutoff);
+    let stale_uploads: Vec<Deletion> = repo
+        .uploads
+        .iter()
+        .filter(|u| u.last_activity() <= upload_cutoff)
+        .map(|u| Deletion {
+            phase: Phase::Uploads,
+            kind: Kind::Upload,
+            bytes: u.files.iter().map(|f| f.size).sum(),
+            target: Target::Keys(u.files.iter().map(|f| f.key.clone()).collect()),
+        })
+        .collect();
+    let markers = empty_directories(&repo.markers, options, Phase::EmptyDirectories);
+    kept_anything |= stale_uploads.len() < repo.uploads.len() || markers.len() < repo.markers.len();
+    let remains = stale_uploads.into_iter().chain(markers);
+    if kept_anything {
+        deletions.extend(remains);
+    } else {
+        deletions.extend(remains.map(|d| Deletion {
+            phase: Phase::Repositories,
+            ..d
+        }));
+        plan.repositories_deleted.push(repo.name.clone());
+    }
+    plan.deletions.extend(deletions);
+}
+
+fn empty_directories(markers: &[ObjectMeta], options: PlanOptions, phase: Phase) -> Vec<Deletion> {
+    markers
+        .iter()
+        .filter(|m| m.modified <= options.cutoff && !layout::is_anchor_dir(&m.key))
+        .map(|m| Deletion {
+            phase,
+            kind: Kind::EmptyDirectory,
+            target: Target::Keys(vec![m.key.clone()]),
+            bytes: 0,
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::digest::DigestError;
+    use crate::manifest::{ManifestKind, ManifestRefs};
+    use crate::mark::{self, ManifestCatalog, MarkError, MarkOptions};
+    use crate::scan::{Link, Tag, TagCurrent, Upload};
+
+    const NOW: Duration = Duration::from_secs(1_000_000);
+    const HOUR: Duration = Duration::from_secs(3600);
+
+    fn at(age: Duration) -> SystemTime {
+        SystemTime::UNIX_EPOCH + NOW - age
+    }
+
+    fn d(n: u8) -> Digest {
+        Digest::from_bytes([n; 32])
+    }
+
+    /// A registry under construction: blobs, manifests and repositories, all two hours old unless said.
+    #[derive(Default)]
+    struct Fixture {
+        blobs: Vec<(Digest, u64, SystemTime)>,
+        manifests: Vec<(Digest, Result<ManifestRefs, String>)>,
+        repositories: Vec<Repository>,
+    }
+
+    impl Fixture {
+        fn blob(&mut self, n: u8) -> Digest {
+            self.blobs.push((d(n), 100 + u64::from(n), at(2 * HOUR)));
+            d(n)
+        }
+
+        fn manifest(&mut self, n: u8, manifests: &[u8], blobs: &[u8], subject: Option<u8>) -> Digest {
+            self.blob(n);
+            let refs = ManifestRefs {
+                kind: if manifests.is_empty() {
+                    ManifestKind::OciImageManifest
+                } else {
+                    ManifestKind::OciImageIndex
+                },
+                manifests: manifests.iter().map(|&m| d(m)).collect(),
+                blobs: blobs.iter().map(|&b| d(b)).collect(),
+                subject: subject.map(d),
+            };
+            self.manifests.push((d(n), Ok(refs)));
+            d(n)
+        }
+
+        fn repo(&mut self, name: &str) -> &mut Repository {
+            self.repositories.push(Repository {
+                name: name.into(),
+                ..Repository::default()
+            });
+            self.repositories.last_mut().unwrap()
+        }
+
+        fn inventory(&self) -> Inventory {
+            let mut repositories = self.repositories.clone();
+            repositories.sort_by(|a, b| a.name.cmp(&b.name));
+            Inventory {
+                blobs: BlobUniverse::new(self.blobs.clone()),
+                repositories,
+                ..Inventory::default()
+            }
+        }
+
+        fn catalog(&self, inventory: &Inventory) -> ManifestCatalog {
+            self.manifests
+                .iter()
+                .map(|(digest, refs)| (inventory.blobs.index(digest).unwrap(), refs.clone()))
+                .collect()
+        }
+
+        fn run(&self, delete_untagged: bool) -> Result<(Inventory, SweepPlan), Vec<MarkError>> {
+            let inventory = self.inventory();
+            let catalog = self.catalog(&inventory);
+            let cutoff = at(HOUR);
+            let marks = mark::mark(
+                &inventory,
+                &catalog,
+                MarkOptions {
+                    delete_untagged,
+                    cutoff,
+                },
+            )?;
+            let plan = plan(
+                &inventory,
+                &marks,
+                PlanOptions {
+                    cutoff,
+                    upload_cutoff: at(168 * HOUR),
+                },
+            );
+            Ok((inventory, plan))
+        }
+    }
+
+    fn link(digest: Digest) -> Link {
+        Link {
+            digest,
+            modified: at(2 * HOUR),
+        }
+    }
+
+    fn tag(name: &str, target: Digest) -> Tag {
+        Tag {
+            name: name.into(),
+            current: Some(TagCurrent {
+                target: Ok(target),
+                modified: at(2 * HOUR),
+            }),
+            index: vec![link(target)],
+        }
+    }
+
+    fn deleted(inventory: &Inventory, plan: &SweepPlan) -> BTreeSet<String> {
+        plan.deletions
+            .iter()
+            .flat_map(|del| del.keys(&inventory.blobs))
+            .collect()
+    }
+
+    fn deleted_blobs(inventory: &Inventory, plan: &SweepPlan) -> BTreeSet<Digest> {
+        plan.deletions
+            .iter()
+            .filter_map(|del| match del.target {
+                Target::Blob(i) => Some(*inventory.blobs.digest(i)),
+                Target::Keys(_) => None,
+            })
+            .collect()
+    }
+
+    /// repo "app": tag v1 → M (config 1, layers 2, 3); untagged U (layer 4); orphan blob 9 linked.
+    fn simple() -> Fixture {
+        let mut f = Fixture::default();
+        for n in [1, 2, 3, 4, 9] {
+            f.blob(n);
+        }
+        let m = f.manifest(10, &[], &[1, 2, 3], None);
+        let u = f.manifest(11, &[], &[1, 4], None);
+        let repo = f.repo("app");
+        repo.revisions = vec![link(m), link(u)];
+        repo.layer_links = [1, 2, 3, 4, 9].map(|n| link(d(n))).to_vec();
+        repo.tags = vec![tag("v1", m)];
+        f
+    }
+
+    #[test]
+    fn delete_untagged_collects_untagged_manifests_and_their_exclusive_blobs() {
+        let (inventory, plan) = simple().run(true).unwrap();
+        assert_eq!(
+            deleted_blobs(&inventory, &plan),
+            BTreeSet::from([d(4), d(9), d(11)])
+        );
+        let keys = deleted(&inventory, &plan);
+        assert!(keys.contains(&layout::revision_link("app", &d(11))));
+        assert!(keys.contains(&layout::layer_link("app", &d(4))));
+        assert!(keys.contains(&layout::layer_link("app", &d(9))));
+        assert!(!keys.contains(&layout::layer_link("app", &d(1))));
+        assert!(!keys.contains(&layout::revision_link("app", &d(10))));
+        assert!(plan.repositories_deleted.is_empty());
+        // Ordered: references before what they reference.
+        let phases: Vec<Phase> = plan.deletions.iter().map(|d| d.phase).collect();
+        assert!(phases.is_sorted(), "{phases:?}");
+        assert_eq!(phases.first(), Some(&Phase::Manifests));
+        assert_eq!(phases.last(), Some(&Phase::Blobs));
+    }
+
+    #[test]
+    fn without_delete_untagged_every_revision_is_a_root() {
+        let (inventory, plan) = simple().run(false).unwrap();
+        assert_eq!(deleted_blobs(&inventory, &plan), BTreeSet::from([d(9)]));
+        assert_eq!(
+            deleted(&inventory, &plan),
+            BTreeSet::from([layout::layer_link("app", &d(9)), layout::blob_data(&d(9))])
+        );
+    }
+
+    #[test]
+    fn index_children_and_referrers_of_live_manifests_survive() {
+        let mut f = Fixture::default();
+        for n in 1..=6 {
+            f.blob(n);
+        }
+        let child_a = f.manifest(20, &[], &[1, 2], None);
+        let child_b = f.manifest(21, &[], &[1, 3], None);
+        let list = f.manifest(22, &[20, 21], &[], None);
+        let signature = f.manifest(23, &[], &[4], Some(22));
+        let garbage = f.manifest(24, &[], &[5], None);
+        let garbage_sbom = f.manifest(25, &[], &[6], Some(24));
+        let repo = f.repo("multi");
+        repo.revisions = [child_a, child_b, list, signature, garbage, garbage_sbom]
+            .map(link)
+            .to_vec();
+        repo.layer_links = (1..=6).map(|n| link(d(n))).collect();
+        repo.tags = vec![tag("latest", list)];
+        let (inventory, plan) = f.run(true).unwrap();
+        assert_eq!(
+            deleted_blobs(&inventory, &plan),
+            BTreeSet::from([d(5), d(6), garbage, garbage_sbom])
+        );
+    }
+
+    #[test]
+    fn young_objects_and_their_closure_stay() {
+        let mut f = simple();
+        // U was pushed ten minutes ago; an orphan blob too.
+        f.repositories[0].revisions[1].modified = at(Duration::from_secs(600));
+        f.blobs.push((d(8), 5, at(Duration::from_secs(600))));
+        let (inventory, plan) = f.run(true).unwrap();
+        assert_eq!(deleted_blobs(&inventory, &plan), BTreeSet::from([d(9)]));
+    }
+
+    #[test]
+    fn a_young_layer_link_keeps_its_blob() {
+        let mut f = simple();
+        f.repositories[0].layer_links[4].modified = at(Duration::from_secs(60));
+        let (inventory, plan) = f.run(true).unwrap();
+        assert!(!deleted_blobs(&inventory, &plan).contains(&d(9)));
+        assert!(!deleted(&inventory, &plan).contains(&layout::layer_link("app", &d(9))));
+    }
+
+    #[test]
+    fn dangling_links_and_broken_tags_go() {
+        let mut f = simple();
+        let repo = &mut f.repositories[0];
+        repo.revisions.push(link(d(50))); // manifest blob gone
+        repo.layer_links.push(link(d(51))); // layer blob gone
+        repo.tags.push(tag("broken", d(50)));
+        repo.tags.push(Tag {
+            name: "half".into(),
+            current: None,
+            index: vec![link(d(10))],
+        });
+        let (inventory, plan) = f.run(false).unwrap();
+        let keys = deleted(&inventory, &plan);
+        for key in [
+            layout::revision_link("app", &d(50)),
+            layout::layer_link("app", &d(51)),
+            layout::tag_current_link("app", "broken"),
+            layout::tag_index_link("app", "broken", &d(50)),
+            layout::tag_index_link("app", "half", &d(10)),
+        ] {
+            assert!(keys.contains(&key), "{key} not planned");
+        }
+        let tags = plan.deletions.iter().filter(|d| d.kind == Kind::Tag).count();
+        assert_eq!(tags, 2);
+    }
+
+    #[test]
+    fn a_repository_left_with_nothing_goes_whole_but_recent_uploads_keep_it() {
+        let mut f = simple();
+        let old = f.manifest(30, &[], &[2], None);
+        let gone = f.repo("gone");
+        gone.revisions = vec![link(old)];
+        gone.layer_links = vec![link(d(2))];
+        gone.uploads = vec![Upload {
+            id: "u1".into(),
+            files: vec![ObjectMeta {
+                key: format!("{}_uploads/u1/data", layout::repository("gone")),
+                size: 7,
+                modified: at(200 * HOUR),
+            }],
+        }];
+        let (inventory, plan) = f.run(true).unwrap();
+        assert_eq!(plan.repositories_deleted, ["gone"]);
+        let upload = plan.deletions.iter().find(|d| d.kind == Kind::Upload).unwrap();
+        assert_eq!((upload.phase, upload.bytes), (Phase::Repositories, 7));
+        // Blob 2 is still used by app's tagged manifest.
+        assert!(!deleted_blobs(&inventory, &plan).contains(&d(2)));
+
+        // The same with an upload active an hour and a half ago: kept, and the repository with it.
+        f.repositories[1].uploads[0].files[0].modified = at(90 * Duration::from_secs(60));
+        let (_, plan) = f.run(true).unwrap();
+        assert!(plan.repositories_deleted.is_empty());
+        assert!(plan.deletions.iter().all(|d| d.kind != Kind::Upload));
+    }
+
+    #[test]
+    fn fail_closed_on_corrupt_tag_links_and_unreadable_live_manifests() {
+        let mut f = simple();
+        f.repositories[0].tags.push(Tag {
+            name: "bad".into(),
+            current: Some(TagCurrent {
+                target: Err(DigestError::Malformed("sha256:zz".into())),
+                modified: at(2 * HOUR),
+            }),
+            index: vec![],
+        });
+        f.manifests[0].1 = Err("truncated".into());
+        let errors = f.run(true).unwrap_err();
+        assert_eq!(errors.len(), 2, "{errors:?}");
+        assert!(matches!(&errors[0], MarkError::CorruptTagLink { tag, .. } if tag == "bad"));
+        assert!(
+            matches!(&errors[1], MarkError::UnreadableManifest { digest, .. } if *digest == d(10))
+        );
+    }
+
+    #[test]
+    fn an_unreadable_untagged_manifest_is_kept() {
+        let mut f = simple();
+        f.manifests[1].1 = Err("not JSON".into());
+        let (inventory, plan) = f.run(true).unwrap();
+        let keys = deleted(&inventory, &plan);
+        assert!(!keys.contains(&layout::revision_link("app", &d(11))));
+        assert!(!deleted_blobs(&inventory, &plan).contains(&d(11)));
+    }
+}

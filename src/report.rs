@@ -1,0 +1,175 @@
+//! Report: the summary of a run, as one JSON object for schedulers or as text for people.
+//!
+//! The field names are a contract: operators' scripts and schedulers read them. Add, never rename.
+
+use std::fmt;
+
+use serde::Serialize;
+
+use crate::plan::{Deletion, Kind, SweepPlan};
+use crate::restart::RestartOutcome;
+use crate::scan::Inventory;
+
+/// What a run found and what it deleted (in a dry run: what it would delete).
+#[derive(Debug, Default, Clone, Serialize, PartialEq)]
+pub struct Summary {
+    pub dry_run: bool,
+    pub storage: String,
+    pub repositories: u64,
+    pub tags: u64,
+    /// Revision links: manifests present in repositories.
+    pub manifests: u64,
+    pub blobs_total: u64,
+    pub bytes_total: u64,
+    pub blobs_deleted: u64,
+    pub bytes_deleted: u64,
+    /// Revision links removed (the manifests left their repositories; their blobs count as blobs).
+    pub manifests_deleted: u64,
+    /// `_layers` links, tag index entries, legacy signature links and the links of broken tags.
+    pub links_deleted: u64,
+    /// Tags whose `current/link` named a manifest missing from storage.
+    pub tags_deleted: u64,
+    pub repositories_deleted: u64,
+    pub uploads_deleted: u64,
+    pub upload_bytes_deleted: u64,
+    /// Directories that were already empty (or directory markers).
+    pub directories_deleted: u64,
+    /// Directories the sweep emptied and removed (never in a dry run).
+    pub directories_pruned: u64,
+    /// Objects regsweep does not recognise; never deleted.
+    pub unknown_objects: u64,
+    pub errors: u64,
+    pub error_messages: Vec<String>,
+    pub warnings: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub restart: Option<RestartOutcome>,
+    pub duration_seconds: f64,
+}
+
+impl Summary {
+    /// The counts of what was found.
+    pub fn of_inventory(inventory: &Inventory, storage: String, dry_run: bool) -> Summary {
+        let repos = &inventory.repositories;
+        let unknown = inventory.unknown.len() + repos.iter().map(|r| r.unknown.len()).sum::<usize>();
+        Summary {
+            dry_run,
+            storage,
+            repositories: count(repos.len()),
+            tags: repos
+                .iter()
+                .map(|r| count(r.tags.iter().filter(|t| t.current.is_some()).count()))
+                .sum(),
+            manifests: repos.iter().map(|r| count(r.revisions.len())).sum(),
+            blobs_total: count(inventory.blobs.len()),
+            bytes_total: inventory.blobs.total_bytes(),
+            unknown_objects: count(unknown),
+            ..Summary::default()
+        }
+    }
+
+    /// Adds one deletion that went (or, in a dry run, would go).
+    pub fn count_deletion(&mut self, deletion: &Deletion, keys: usize) {
+        let keys = count(keys);
+        match deletion.kind {
+            Kind::Manifest => {
+                self.manifests_deleted += 1;
+                self.links_deleted += keys - 1;
+            }
+            Kind::SignatureLink | Kind::TagIndexEntry | Kind::LayerLink => {
+                self.links_deleted += keys
+            }
+            Kind::Tag => {
+                self.tags_deleted += 1;
+                self.links_deleted += keys;
+            }
+            Kind::Blob => {
+                self.blobs_deleted += 1;
+                self.bytes_deleted += deletion.bytes;
+            }
+            Kind::Upload => {
+                self.uploads_deleted += 1;
+                self.upload_bytes_deleted += deletion.bytes;
+            }
+            Kind::EmptyDirectory => self.directories_deleted += 1,
+        }
+    }
+
+    /// Counts a whole plan, as a dry run reports it.
+    pub fn count_plan(&mut self, plan: &SweepPlan, inventory: &Inventory) {
+        for deletion in &plan.deletions {
+            self.count_deletion(deletion, deletion.keys(&inventory.blobs).len());
+        }
+        self.repositories_deleted = count(plan.repositories_deleted.len());
+    }
+
+    pub fn add_error(&mut self, message: String) {
+        self.errors += 1;
+        self.error_messages.push(message);
+    }
+}
+
+fn count(n: usize) -> u64 {
+    u64::try_from(n).expect("count fits in u64")
+}
+
+/// `1.5 GiB`-style sizes for people.
+pub fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+impl fmt::Display for Summary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let verb = if self.dry_run { "would delete" } else { "deleted" };
+        writeln!(f, "storage: {}", self.storage)?;
+        writeln!(
+            f,
+            "found: {} repositories, {} tags, {} manifests, {} blobs ({})",
+            self.repositories,
+            self.tags,
+            self.manifests,
+            self.blobs_total,
+            human_bytes(self.bytes_total)
+        )?;
+        writeln!(
+            f,
+            "{verb}: {} blobs ({}), {} manifests, {} links, {} tags, {} repositories, {} uploads ({}), {} directories",
+            self.blobs_deleted,
+            human_bytes(self.bytes_deleted),
+            self.manifests_deleted,
+            self.links_deleted,
+            self.tags_deleted,
+            self.repositories_deleted,
+            self.uploads_deleted,
+            human_bytes(self.upload_bytes_deleted),
+            self.directories_deleted
+        )?;
+        if self.unknown_objects > 0 {
+            writeln!(f, "kept {} unrecognised objects", self.unknown_objects)?;
+        }
+        for warning in &self.warnings {
+            writeln!(f, "warning: {warning}")?;
+        }
+        for error in &self.error_messages {
+            writeln!(f, "error: {error}")?;
+        }
+        if let Some(restart) = &self.restart {
+            writeln!(f, "restart command: {}", restart.status)?;
+        }
+        write!(
+            f,
+            "{} errors, {:.1} s",
+            self.errors, self.duration_seconds
+        )
+    }
+}

@@ -1,0 +1,422 @@
+//! Scan: one pass over the storage that builds the [`Inventory`] the mark and the plan work from.
+//!
+//! Blob shards (`blobs/sha256/00` … `ff`) and top-level repository namespaces are listed concurrently,
+//! each as one streaming recursive listing. Links under `_layers` and `_manifests/revisions` are never
+//! read: their digest is in the key. Only tag `current/link` files are read, concurrently. Blobs are
+//! held as a sorted vector of 32-byte digests, so that the rest of the pipeline can name a blob by its
+//! index in that vector (see [`crate::mark::MarkSet`]).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use futures::{StreamExt, TryStreamExt, stream};
+use thiserror::Error;
+
+use crate::digest::{Digest, DigestError};
+use crate::layout::{self, BlobObject, RepositoryObject};
+use crate::storage::{ObjectMeta, Storage, StorageError};
+
+/// Why a scan could not complete. Nothing has been deleted when one of these is returned.
+#[derive(Debug, Error)]
+pub enum ScanError {
+    #[error("{root} is not a registry storage root: it has no {}", layout::V2)]
+    NotARegistry { root: String },
+    #[error("listing the storage failed: {0}")]
+    Storage(#[from] StorageError),
+}
+
+/// Every sha256 blob in storage, sorted by digest. A blob is named elsewhere by its index here.
+#[derive(Debug, Default)]
+pub struct BlobUniverse {
+    digests: Vec<Digest>,
+    sizes: Vec<u64>,
+    modified: Vec<SystemTime>,
+}
+
+impl BlobUniverse {
+    /// Builds the universe from `(digest, size, modified)` in any order.
+    pub fn new(mut blobs: Vec<(Digest, u64, SystemTime)>) -> BlobUniverse {
+        blobs.sort_unstable_by_key(|b| b.0);
+        blobs.dedup_by_key(|b| b.0);
+        let mut universe = BlobUniverse {
+            digests: Vec::with_capacity(blobs.len()),
+            sizes: Vec::with_capacity(blobs.len()),
+            modified: Vec::with_capacity(blobs.len()),
+        };
+        for (digest, size, modified) in blobs {
+            universe.digests.push(digest);
+            universe.sizes.push(size);
+            universe.modified.push(modified);
+        }
+        universe
+    }
+
+    pub fn len(&self) -> usize {
+        self.digests.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.digests.is_empty()
+    }
+
+    /// The index of a stored blob, or `None` when it is not in storage.
+    pub fn index(&self, digest: &Digest) -> Option<u32> {
+        self.digests
+            .binary_search(digest)
+            .ok()
+            .map(|i| u32::try_from(i).expect("more than 2^32 blobs"))
+    }
+
+    pub fn digest(&self, index: u32) -> &Digest {
+        &self.digests[index as usize]
+    }
+
+    pub fn size(&self, index: u32) -> u64 {
+        self.sizes[index as usize]
+    }
+
+    pub fn modified(&self, index: u32) -> SystemTime {
+        self.modified[index as usize]
+    }
+
+    pub fn total_bytes(&self) -> u64 {
+        self.sizes.iter().sum()
+    }
+}
+
+/// A link whose digest is in its key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Link {
+    pub digest: Digest,
+    pub modified: SystemTime,
+}
+
+/// A pre-2.5 signature link below a revision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignatureLink {
+    pub revision: Digest,
+    pub signature: Digest,
+    pub modified: SystemTime,
+}
+
+/// A tag's `current/link`, read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TagCurrent {
+    /// What the link says, or why it could not be understood.
+    pub target: Result<Digest, DigestError>,
+    pub modified: SystemTime,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tag {
+    pub name: String,
+    /// `None` when the tag directory has no `current/link` (a half-written or half-deleted tag).
+    pub current: Option<TagCurrent>,
+    pub index: Vec<Link>,
+}
+
+/// The files of one `_uploads/<id>/` directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upload {
+    pub id: String,
+    pub files: Vec<ObjectMeta>,
+}
+
+impl Upload {
+    /// The last time anything was written to the upload: an upload is as young as its newest file.
+    pub fn last_activity(&self) -> SystemTime {
+        self.files
+            .iter()
+            .map(|f| f.modified)
+            .max()
+            .unwrap_or(SystemTime::UNIX_EPOCH)
+    }
+}
+
+/// Everything found in one repository.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Repository {
+    pub name: String,
+    pub layer_links: Vec<Link>,
+    pub revisions: Vec<Link>,
+    pub signatures: Vec<SignatureLink>,
+    /// Sorted by name.
+    pub tags: Vec<Tag>,
+    pub uploads: Vec<Upload>,
+    /// Empty directories (or directory markers) inside the repository.
+    pub markers: Vec<ObjectMeta>,
+    /// Objects regsweep does not recognise: never deleted, and they keep the repository alive.
+    pub unknown: Vec<ObjectMeta>,
+}
+
+/// The result of a scan.
+#[derive(Debug, Default)]
+pub struct Inventory {
+    pub blobs: BlobUniverse,
+    /// Sorted by name.
+    pub repositories: Vec<Repository>,
+    /// Empty directories outside any repository (blob directories, namespaces).
+    pub markers: Vec<ObjectMeta>,
+    /// Objects outside any repository that regsweep does not recognise (kept).
+    pub unknown: Vec<ObjectMeta>,
+}
+
+/// Lists the whole registry below `storage` with at most `concurrency` requests in flight.
+pub async fn scan(storage: &Arc<dyn Storage>, concurrency: usize) -> Result<Inventory, ScanError> {
+    let top = storage.list_dir(layout::V2).await?;
+    if top.objects.is_empty() && top.prefixes.is_empty() {
+        return Err(ScanError::NotARegistry {
+            root: storage.to_string(),
+        });
+    }
+    let mut inventory = Inventory::default();
+    inventory.unknown.extend(top.objects);
+
+    let ((blob_prefixes, blob_strays), (repository_prefixes, repository_strays)) = tokio::try_join!(
+        prefixes_to_list(storage, layout::BLOBS, Some(layout::SHA256_BLOBS)),
+        prefixes_to_list(storage, layout::REPOSITORIES, None),
+    )?;
+    inventory.unknown.extend(blob_strays);
+    inventory.unknown.extend(repository_strays);
+    let mut blobs = Vec::new();
+    let mut repositories: BTreeMap<String, Repository> = BTreeMap::new();
+    let mut listings = stream::iter(
+        blob_prefixes
+            .iter()
+            .chain(&repository_prefixes)
+            .map(|prefix| storage.list(prefix).try_collect::<Vec<_>>()),
+    )
+    .buffer_unordered(concurrency.max(1));
+    while let Some(objects) = listings.try_next().await? {
+        for object in objects {
+            if object.key.starts_with(layout::BLOBS) {
+                match layout::parse_blob_key(&object.key) {
+                    BlobObject::Data(digest) => blobs.push((digest, object.size, object.modified)),
+                    BlobObject::DirMarker => inventory.markers.push(object),
+                    BlobObject::Unknown => inventory.unknown.push(object),
+                }
+            } else {
+                add_repository_object(&mut inventory, &mut repositories, object);
+            }
+        }
+    }
+    drop(listings);
+    inventory.blobs = BlobUniverse::new(blobs);
+    inventory.repositories = repositories.into_values().collect();
+    read_tag_links(storage, &mut inventory.repositories, concurrency).await?;
+    Ok(inventory)
+}
+
+/// The prefixes to list recursively below `parent` — its sub-prefixes, with `split` (if any) split
+/// one level further (the 256 blob shards) — and the stray objects found on the way.
+async fn prefixes_to_list(
+    storage: &Arc<dyn Storage>,
+    parent: &str,
+    split: Option<&str>,
+) -> Result<(Vec<String>, Vec<ObjectMeta>), StorageError> {
+    let listing = storage.list_dir(parent).await?;
+    let mut strays = listing.objects;
+    let mut prefixes = Vec::new();
+    for prefix in listing.prefixes {
+        if Some(prefix.as_str()) == split {
+            let shards = storage.list_dir(&prefix).await?;
+            strays.extend(shards.objects);
+            prefixes.extend(shards.prefixes);
+        } else {
+            prefixes.push(prefix);
+        }
+    }
+    Ok((prefixes, strays))
+}
+
+fn add_repository_object(
+    inventory: &mut Inventory,
+    repositories: &mut BTreeMap<String, Repository>,
+    object: ObjectMeta,
+) {
+    let parsed = layout::parse_repository_key(&object.key);
+    let Some(name) = parsed.repository else {
+        match parsed.object {
+            RepositoryObject::DirMarker => inventory.markers.push(object),
+            _ => inventory.unknown.push(object),
+        }
+        return;
+    };
+    let repository = repositories
+        .entry(name.to_owned())
+        .or_insert_with(|| Repository {
+            name: name.to_owned(),
+            ..Repository::default()
+        });
+    let modified = object.modified;
+    match parsed.object {
+        RepositoryObject::LayerLink(digest) => {
+            repository.layer_links.push(Link { digest, modified })
+        }
+        RepositoryObject::RevisionLink(digest) => {
+            repository.revisions.push(Link { digest, modified })
+        }
+        RepositoryObject::RevisionSignature {
+            revision,
+            signature,
+        } => repository.signatures.push(SignatureLink {
+            revision,
+            signature,
+            modified,
+        }),
+        RepositoryObject::TagCurrent { tag } => {
+            tag_mut(repository, tag).current = Some(TagCurrent {
+                // Filled in by `read_tag_links`.
+                target: Err(DigestError::Malformed(String::new())),
+                modified,
+            })
+        }
+        RepositoryObject::TagIndex { tag, digest } => {
+            tag_mut(repository, tag).index.push(Link { digest, modified })
+        }
+        RepositoryObject::Upload { id } => {
+            match repository.uploads.iter_mut().find(|u| u.id == id) {
+                Some(upload) => upload.files.push(object),
+                None => repository.uploads.push(Upload {
+                    id: id.to_owned(),
+                    files: vec![object],
+                }),
+            }
+        }
+        RepositoryObject::DirMarker => repository.markers.push(object),
+        RepositoryObject::Unknown => repository.unknown.push(object),
+    }
+}
+
+fn tag_mut<'r>(repository: &'r mut Repository, name: &str) -> &'r mut Tag {
+    let i = match repository.tags.binary_search_by(|t| t.name.as_str().cmp(name)) {
+        Ok(i) => i,
+        Err(i) => {
+            repository.tags.insert(
+                i,
+                Tag {
+                    name: name.to_owned(),
+                    current: None,
+                    index: Vec::new(),
+                },
+            );
+            i
+        }
+    };
+    &mut repository.tags[i]
+}
+
+/// Reads every tag's `current/link`, concurrently. A link that cannot be parsed is recorded as such
+/// (the mark refuses to go on with it); one that cannot be read at all fails the scan.
+async fn read_tag_links(
+    storage: &Arc<dyn Storage>,
+    repositories: &mut [Repository],
+    concurrency: usize,
+) -> Result<(), StorageError> {
+    let keys: Vec<(usize, usize, String)> = repositories
+        .iter()
+        .enumerate()
+        .flat_map(|(r, repo)| {
+            repo.tags.iter().enumerate().filter_map(move |(t, tag)| {
+                tag.current
+                    .as_ref()
+                    .map(|_| (r, t, layout::tag_current_link(&repo.name, &tag.name)))
+            })
+        })
+        .collect();
+    let mut reads = stream::iter(keys.into_iter().map(|(r, t, key)| async move {
+        match storage.get(&key).await {
+            Ok(content) => Ok((r, t, Some(layout::parse_link(&content)))),
+            // Deleted since the listing (an untag racing the scan): the tag has no current link.
+            Err(StorageError::NotFound { .. }) => Ok((r, t, None)),
+            Err(e) => Err(e),
+        }
+    }))
+    .buffer_unordered(concurrency.max(1));
+    while let Some((r, t, target)) = reads.try_next().await? {
+        let tag = &mut repositories[r].tags[t];
+        match target {
+            Some(target) => {
+                if let Some(current) = tag.current.as_mut() {
+                    current.target = target;
+                }
+            }
+            None => tag.current = None,
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::fs;
+    use std::path::Path;
+
+    use super::*;
+    use crate::storage::local::LocalStorage;
+
+    fn write(root: &Path, key: &str, content: &str) {
+        let path = root.join(key);
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        fs::write(path, content).unwrap();
+    }
+
+    #[tokio::test]
+    async fn groups_every_object_by_repository_and_kind() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let a = Digest::from_bytes([0xaa; 32]);
+        let b = Digest::from_bytes([0xbb; 32]);
+        write(root, &layout::blob_data(&a), "{}");
+        write(root, &layout::blob_data(&b), "layer");
+        write(root, &format!("{}/stray", layout::SHA256_BLOBS), "?");
+        write(root, &layout::layer_link("foo", &b), &b.to_string());
+        write(root, &layout::revision_link("foo/bar", &a), &a.to_string());
+        write(root, &layout::tag_current_link("foo/bar", "v1"), &a.to_string());
+        write(root, &layout::tag_index_link("foo/bar", "v1", &a), &a.to_string());
+        write(root, &layout::tag_current_link("foo/bar", "bad"), "sha256:nope");
+        let upload = format!("{}_uploads/u-1/", layout::repository("foo"));
+        write(root, &format!("{upload}data"), "partial");
+        write(root, &format!("{upload}startedat"), "2026-01-01T00:00:00Z");
+        write(root, &format!("{}_junk", layout::repository("foo/bar")), "?");
+        fs::create_dir_all(root.join(layout::REPOSITORIES).join("empty/_layers")).unwrap();
+        fs::create_dir_all(root.join(layout::REPOSITORIES).join("namespace")).unwrap();
+
+        let storage: Arc<dyn Storage> = Arc::new(LocalStorage::open(root).unwrap());
+        let inventory = scan(&storage, 4).await.unwrap();
+
+        assert_eq!(inventory.blobs.len(), 2);
+        assert_eq!(inventory.blobs.index(&a), Some(0));
+        assert_eq!(inventory.blobs.size(1), 5);
+        let names: Vec<&str> = inventory.repositories.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(names, ["empty", "foo", "foo/bar"]);
+        let [empty, foo, bar] = &inventory.repositories[..] else {
+            unreachable!()
+        };
+        assert_eq!(empty.markers.len(), 1);
+        assert_eq!(foo.layer_links.len(), 1);
+        assert_eq!(foo.uploads.len(), 1);
+        assert_eq!(foo.uploads[0].files.len(), 2);
+        assert_eq!(bar.revisions.len(), 1);
+        assert_eq!(bar.unknown.len(), 1);
+        let tags: Vec<(&str, bool)> = bar
+            .tags
+            .iter()
+            .map(|t| (t.name.as_str(), t.current.as_ref().unwrap().target.is_ok()))
+            .collect();
+        assert_eq!(tags, [("bad", false), ("v1", true)]);
+        assert_eq!(bar.tags[1].index.len(), 1);
+        assert_eq!(inventory.unknown.len(), 1, "{:?}", inventory.unknown);
+        assert_eq!(inventory.markers.len(), 1, "{:?}", inventory.markers);
+    }
+
+    #[tokio::test]
+    async fn refuses_a_root_that_is_no_registry() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("file"), "x").unwrap();
+        let storage: Arc<dyn Storage> = Arc::new(LocalStorage::open(dir.path()).unwrap());
+        let err = scan(&storage, 4).await.unwrap_err();
+        assert!(matches!(err, ScanError::NotARegistry { .. }), "{err}");
+    }
+}

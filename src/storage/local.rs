@@ -1,0 +1,355 @@
+//! The filesystem backend.
+//!
+//! Purpose-built rather than object_store's `LocalFileSystem`, whose lister follows symlinks and
+//! stats each file several times: a registry of tens of millions of files wants one `lstat` per file
+//! and no surprises. Symbolic links are never followed nor deleted: meeting one is an error that names
+//! it, so that nothing reachable through it can be judged garbage. Blocking filesystem calls run on
+//! tokio's blocking pool; a listing streams its results through a bounded channel as the walk goes.
+
+use std::fmt;
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+use futures::stream::{self, BoxStream, StreamExt};
+use tokio::sync::mpsc;
+
+use super::{Listing, ObjectMeta, Storage, StorageError};
+
+/// Objects sent through the listing channel at a time: amortises the hand-off between threads.
+const LIST_CHUNK: usize = 512;
+
+/// A registry root directory on a local or mounted filesystem.
+#[derive(Debug, Clone)]
+pub struct LocalStorage {
+    root: Arc<PathBuf>,
+}
+
+impl LocalStorage {
+    /// Opens `root`, which must be an existing directory (a symlink to one is fine: it is the
+    /// operator's choice of root, not something found inside the storage).
+    pub fn open(root: &Path) -> Result<LocalStorage, StorageError> {
+        let key = root.display().to_string();
+        let meta = fs::metadata(root).map_err(|source| io_error(&key, source))?;
+        if !meta.is_dir() {
+            return Err(StorageError::Io {
+                key,
+                source: io::Error::new(io::ErrorKind::NotADirectory, "not a directory"),
+            });
+        }
+        Ok(LocalStorage {
+            root: Arc::new(root.to_path_buf()),
+        })
+    }
+
+    fn path(&self, key: &str) -> PathBuf {
+        self.root.join(key.trim_end_matches('/'))
+    }
+}
+
+impl fmt::Display for LocalStorage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "file://{}", self.root.display())
+    }
+}
+
+fn io_error(key: &str, source: io::Error) -> StorageError {
+    if source.kind() == io::ErrorKind::NotFound {
+        StorageError::NotFound { key: key.to_owned() }
+    } else {
+        StorageError::Io {
+            key: key.to_owned(),
+            source,
+        }
+    }
+}
+
+/// Runs blocking filesystem work off the async threads.
+async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(work)
+        .await
+        .expect("filesystem task panicked")
+}
+
+/// The key of a directory entry, or an error if its name is not UTF-8.
+fn child_key(parent_key: &str, entry: &fs::DirEntry) -> Result<String, StorageError> {
+    let name = entry.file_name();
+    match name.to_str() {
+        Some(name) => Ok(format!("{parent_key}{name}")),
+        None => Err(StorageError::NonUtf8Name {
+            key: format!("{parent_key}{}", name.to_string_lossy()),
+        }),
+    }
+}
+
+fn object_meta(key: String, meta: &fs::Metadata) -> Result<ObjectMeta, StorageError> {
+    let modified = meta.modified().map_err(|source| io_error(&key, source))?;
+    Ok(ObjectMeta {
+        size: if meta.is_dir() { 0 } else { meta.len() },
+        modified,
+        key,
+    })
+}
+
+/// What one directory holds, without following links.
+enum Entry {
+    File(ObjectMeta),
+    Dir(String),
+}
+
+fn read_dir(root: &Path, dir_key: &str) -> Result<Vec<Entry>, StorageError> {
+    let path = root.join(dir_key.trim_end_matches('/'));
+    let entries = match fs::read_dir(&path) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(io_error(dir_key, e)),
+    };
+    let mut out = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| io_error(dir_key, e))?;
+        let key = child_key(dir_key, &entry)?;
+        // `file_type` comes from the directory entry itself (no stat, never follows a link).
+        let file_type = entry.file_type().map_err(|e| io_error(&key, e))?;
+        if file_type.is_symlink() {
+            return Err(StorageError::Symlink { key });
+        } else if file_type.is_dir() {
+            out.push(Entry::Dir(key + "/"));
+        } else {
+            // One lstat per file, for its size and modification time.
+            let meta = entry.metadata().map_err(|e| io_error(&key, e))?;
+            out.push(Entry::File(object_meta(key, &meta)?));
+        }
+    }
+    Ok(out)
+}
+
+/// Walks `prefix` depth-first, sending objects (and empty directories, `prefix` included, as `…/`
+/// keys) in chunks.
+fn walk(root: &Path, prefix: &str, tx: &mpsc::Sender<Result<Vec<ObjectMeta>, StorageError>>) {
+    let mut chunk = Vec::with_capacity(LIST_CHUNK);
+    let mut pending = vec![prefix.to_owned()];
+    while let Some(dir_key) = pending.pop() {
+        let entries = match read_dir(root, &dir_key) {
+            Ok(entries) => entries,
+            Err(e) => {
+                let _ = tx.blocking_send(Err(e));
+                return;
+            }
+        };
+        if entries.is_empty() {
+            match fs::symlink_metadata(root.join(dir_key.trim_end_matches('/'))) {
+                Ok(meta) => match object_meta(dir_key, &meta) {
+                    Ok(marker) => chunk.push(marker),
+                    Err(e) => {
+                        let _ = tx.blocking_send(Err(e));
+                        return;
+                    }
+                },
+                // Removed while we walked: nothing to report.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    let _ = tx.blocking_send(Err(io_error(&dir_key, e)));
+                    return;
+                }
+            }
+        }
+        for entry in entries {
+            match entry {
+                Entry::File(meta) => chunk.push(meta),
+                Entry::Dir(key) => pending.push(key),
+            }
+        }
+        if chunk.len() >= LIST_CHUNK {
+            let full = std::mem::replace(&mut chunk, Vec::with_capacity(LIST_CHUNK));
+            if tx.blocking_send(Ok(full)).is_err() {
+                return; // the consumer went away
+            }
+        }
+    }
+    if !chunk.is_empty() {
+        let _ = tx.blocking_send(Ok(chunk));
+    }
+}
+
+fn delete_one(root: &Path, key: &str) -> Result<(), StorageError> {
+    let path = root.join(key.trim_end_matches('/'));
+    let result = if key.ends_with('/') {
+        match fs::remove_dir(&path) {
+            // Something was written into it since the scan: it is no longer garbage.
+            Err(e) if e.kind() == io::ErrorKind::DirectoryNotEmpty => Ok(()),
+            other => other,
+        }
+    } else {
+        match fs::symlink_metadata(&path) {
+            Ok(meta) if meta.file_type().is_symlink() => {
+                return Err(StorageError::Symlink {
+                    key: key.to_owned(),
+                });
+            }
+            _ => fs::remove_file(&path),
+        }
+    };
+    match result {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        other => other.map_err(|e| io_error(key, e)),
+    }
+}
+
+impl Storage for LocalStorage {
+    fn list(&self, prefix: &str) -> BoxStream<'static, Result<ObjectMeta, StorageError>> {
+        let (tx, rx) = mpsc::channel(8);
+        let root = Arc::clone(&self.root);
+        let prefix = prefix.to_owned();
+        tokio::task::spawn_blocking(move || walk(&root, &prefix, &tx));
+        stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|chunk| (chunk, rx)) })
+            .flat_map(|chunk| {
+                let items: Vec<Result<ObjectMeta, StorageError>> = match chunk {
+                    Ok(objects) => objects.into_iter().map(Ok).collect(),
+                    Err(e) => vec![Err(e)],
+                };
+                stream::iter(items)
+            })
+            .boxed()
+    }
+
+    fn list_dir(&self, prefix: &str) -> BoxFuture<'_, Result<Listing, StorageError>> {
+        let root = Arc::clone(&self.root);
+        let prefix = prefix.to_owned();
+        Box::pin(blocking(move || {
+            let mut listing = Listing::default();
+            for entry in read_dir(&root, &prefix)? {
+                match entry {
+                    Entry::File(meta) => listing.objects.push(meta),
+                    Entry::Dir(key) => listing.prefixes.push(key),
+                }
+            }
+            Ok(listing)
+        }))
+    }
+
+    fn get(&self, key: &str) -> BoxFuture<'_, Result<Vec<u8>, StorageError>> {
+        let path = self.path(key);
+        let key = key.to_owned();
+        Box::pin(blocking(move || {
+            let meta = fs::symlink_metadata(&path).map_err(|e| io_error(&key, e))?;
+            if meta.file_type().is_symlink() {
+                return Err(StorageError::Symlink { key });
+            }
+            fs::read(&path).map_err(|e| io_error(&key, e))
+        }))
+    }
+
+    fn delete(&self, keys: Vec<String>) -> BoxFuture<'_, Vec<Result<(), StorageError>>> {
+        let root = Arc::clone(&self.root);
+        Box::pin(blocking(move || {
+            keys.iter().map(|key| delete_one(&root, key)).collect()
+        }))
+    }
+
+    fn delete_batch_size(&self) -> usize {
+        64
+    }
+
+    fn remove_empty_dirs(&self, mut dirs: Vec<String>) -> BoxFuture<'_, Result<u64, StorageError>> {
+        let root = Arc::clone(&self.root);
+        Box::pin(blocking(move || {
+            // Deepest first, so that a parent is tried after its children went.
+            dirs.sort_unstable_by_key(|d| std::cmp::Reverse(d.matches('/').count()));
+            dirs.dedup();
+            let mut removed = 0;
+            for dir in &dirs {
+                match fs::remove_dir(root.join(dir.trim_end_matches('/'))) {
+                    Ok(()) => removed += 1,
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            io::ErrorKind::NotFound | io::ErrorKind::DirectoryNotEmpty
+                        ) => {}
+                    Err(e) => return Err(io_error(dir, e)),
+                }
+            }
+            Ok(removed)
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::TryStreamExt;
+
+    fn write(root: &Path, rel: &str, body: &str) {
+        let path = root.join(rel);
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        fs::write(path, body).unwrap();
+    }
+
+    async fn keys(storage: &LocalStorage, prefix: &str) -> Vec<String> {
+        let mut keys: Vec<String> = storage
+            .list(prefix)
+            .map_ok(|m| m.key)
+            .try_collect()
+            .await
+            .unwrap();
+        keys.sort();
+        keys
+    }
+
+    #[tokio::test]
+    async fn lists_recursively_with_empty_dirs_as_markers() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "a/b/c", "123");
+        write(dir.path(), "a/d", "");
+        fs::create_dir_all(dir.path().join("a/empty/deeper")).unwrap();
+        let storage = LocalStorage::open(dir.path()).unwrap();
+        assert_eq!(
+            keys(&storage, "a/").await,
+            ["a/b/c", "a/d", "a/empty/deeper/"]
+        );
+        assert_eq!(keys(&storage, "missing/").await, Vec::<String>::new());
+        assert_eq!(keys(&storage, "a/empty/deeper/").await, ["a/empty/deeper/"]);
+        let listing = storage.list_dir("a/").await.unwrap();
+        assert_eq!(listing.objects.len(), 1);
+        assert_eq!(listing.prefixes.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn symlinks_are_errors_and_never_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        write(outside.path(), "precious", "x");
+        fs::create_dir_all(dir.path().join("a")).unwrap();
+        std::os::unix::fs::symlink(outside.path(), dir.path().join("a/link")).unwrap();
+        let storage = LocalStorage::open(dir.path()).unwrap();
+        let err = storage
+            .list("a/")
+            .try_collect::<Vec<_>>()
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StorageError::Symlink { ref key } if key == "a/link"));
+        let results = storage.delete(vec!["a/link".into()]).await;
+        assert!(matches!(results[0], Err(StorageError::Symlink { .. })));
+        assert!(outside.path().join("precious").exists());
+    }
+
+    #[tokio::test]
+    async fn deletes_tolerate_missing_and_keep_non_empty_dirs() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "x/y/file", "1");
+        fs::create_dir_all(dir.path().join("x/empty")).unwrap();
+        let storage = LocalStorage::open(dir.path()).unwrap();
+        let results = storage
+            .delete(vec!["x/y/file".into(), "x/gone".into(), "x/".into()])
+            .await;
+        assert!(results.iter().all(Result::is_ok), "{results:?}");
+        assert!(dir.path().join("x/y").is_dir());
+        let removed = storage
+            .remove_empty_dirs(vec!["x/".into(), "x/y/".into(), "x/empty/".into()])
+            .await
+            .unwrap();
+        assert_eq!(removed, 3);
+        assert!(!dir.path().join("x").exists());
+    }
+}

@@ -1,0 +1,86 @@
+//! The storage trait every backend implements, and the decorators that wrap it.
+//!
+//! The trait is deliberately small — list, list one level, get, delete — because that is all a
+//! mark-and-sweep needs, and because every extra operation is one more thing each backend (filesystem,
+//! S3, Azure) must get exactly right. Methods return boxed futures and streams so that a backend chosen
+//! at run time can sit behind `Arc<dyn Storage>` and be wrapped by decorators, the way object_store's
+//! `LimitStore` wraps an `ObjectStore`.
+//!
+//! Keys are `/`-separated paths relative to the registry's root directory, e.g.
+//! `docker/registry/v2/blobs/sha256/ab/<hex>/data`. A key ending in `/` is an empty directory (on a
+//! filesystem) or a directory-marker object (on object stores); both carry no data.
+
+pub mod local;
+
+use std::fmt;
+use std::time::SystemTime;
+
+use futures::future::BoxFuture;
+use futures::stream::BoxStream;
+use thiserror::Error;
+
+/// One stored object, as a listing reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectMeta {
+    pub key: String,
+    pub size: u64,
+    pub modified: SystemTime,
+}
+
+impl ObjectMeta {
+    /// Empty directories and directory markers end in `/`.
+    pub fn is_dir_marker(&self) -> bool {
+        self.key.ends_with('/')
+    }
+}
+
+/// One level of a listing: the objects directly below a prefix and the sub-prefixes ("directories").
+#[derive(Debug, Default)]
+pub struct Listing {
+    pub objects: Vec<ObjectMeta>,
+    /// Each ends in `/`.
+    pub prefixes: Vec<String>,
+}
+
+/// A storage failure, always naming the object it concerns.
+#[derive(Debug, Error)]
+pub enum StorageError {
+    #[error("{key}: not found")]
+    NotFound { key: String },
+    #[error("{key}: {source}")]
+    Io {
+        key: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{key}: name is not valid UTF-8; regsweep leaves such storage alone")]
+    NonUtf8Name { key: String },
+    #[error("{key}: is a symbolic link; regsweep does not follow or delete links")]
+    Symlink { key: String },
+}
+
+/// What a backend does for the collector.
+pub trait Storage: fmt::Debug + fmt::Display + Send + Sync + 'static {
+    /// Every object whose key starts with `prefix` (which ends in `/`), recursively, in no particular
+    /// order. A prefix that does not exist yields nothing. An error ends the stream.
+    fn list(&self, prefix: &str) -> BoxStream<'static, Result<ObjectMeta, StorageError>>;
+
+    /// The objects and sub-prefixes directly below `prefix` (which ends in `/`).
+    fn list_dir(&self, prefix: &str) -> BoxFuture<'_, Result<Listing, StorageError>>;
+
+    /// The whole content of one object.
+    fn get(&self, key: &str) -> BoxFuture<'_, Result<Vec<u8>, StorageError>>;
+
+    /// Deletes `keys`, one result per key in the same order. A key that is already gone counts as
+    /// deleted. A key ending in `/` removes that directory only if it is (still) empty.
+    fn delete(&self, keys: Vec<String>) -> BoxFuture<'_, Vec<Result<(), StorageError>>>;
+
+    /// How many keys one `delete` call should carry.
+    fn delete_batch_size(&self) -> usize;
+
+    /// Removes those of `dirs` (each ending in `/`) that are empty, children before parents, and
+    /// returns how many went. Object stores have no directories: nothing to do.
+    fn remove_empty_dirs(&self, _dirs: Vec<String>) -> BoxFuture<'_, Result<u64, StorageError>> {
+        Box::pin(async { Ok(0) })
+    }
+}

@@ -1,0 +1,143 @@
+//! Sweep: carries out a [`SweepPlan`], phase by phase, with batched deletes and bounded concurrency.
+//!
+//! A failed deletion is recorded with its key and does not stop the others. Fail closed across
+//! phases: when a revision link or `_layers` link could not be deleted, the blob it names is not
+//! deleted either, so no failure leaves a link to a missing blob. After each batch, the directories
+//! the batch emptied are removed (on backends that have directories); whichever batch deletes the
+//! last object of a directory removes it, so none is left behind.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use futures::{StreamExt, stream};
+
+use crate::digest::Digest;
+use crate::layout::{self, RepositoryObject};
+use crate::plan::{Deletion, Kind, Phase, SweepPlan, Target};
+use crate::scan::BlobUniverse;
+use crate::storage::Storage;
+
+/// What a sweep did.
+#[derive(Debug, Default)]
+pub struct SweepOutcome {
+    /// Aligned with the plan's deletions: whether every key of each was deleted.
+    pub done: Vec<bool>,
+    /// One line per failure, naming the key.
+    pub errors: Vec<String>,
+    /// Directories removed because the sweep emptied them.
+    pub directories_removed: u64,
+}
+
+pub async fn sweep(
+    storage: &Arc<dyn Storage>,
+    plan: &SweepPlan,
+    universe: &BlobUniverse,
+    concurrency: usize,
+) -> SweepOutcome {
+    let mut outcome = SweepOutcome {
+        done: vec![false; plan.deletions.len()],
+        ..SweepOutcome::default()
+    };
+    // Blobs still named by a link we failed to delete.
+    let mut still_linked: HashSet<Digest> = HashSet::new();
+    let batch = storage.delete_batch_size().max(1);
+    let mut start = 0;
+    for phase in Phase::ALL {
+        let end = start
+            + plan.deletions[start..]
+                .iter()
+                .take_while(|d| d.phase == phase)
+                .count();
+        let runnable: Vec<usize> = (start..end)
+            .filter(|&i| match plan.deletions[i].target {
+                Target::Blob(index) => !still_linked.contains(universe.digest(index)),
+                Target::Keys(_) => true,
+            })
+            .collect();
+        let mut batches = stream::iter(runnable.chunks(batch).map(|chunk| {
+            delete_batch(storage, chunk, &plan.deletions, universe)
+        }))
+        .buffer_unordered(concurrency.max(1));
+        while let Some(result) = batches.next().await {
+            outcome.directories_removed += result.directories_removed;
+            for (i, failure) in result.deletions {
+                match failure {
+                    None => outcome.done[i] = true,
+                    Some(message) => {
+                        outcome.errors.push(message);
+                        if let Some(digest) = linked_blob(&plan.deletions[i]) {
+                            still_linked.insert(digest);
+                        }
+                    }
+                }
+            }
+            outcome.errors.extend(result.errors);
+        }
+        start = end;
+    }
+    outcome
+}
+
+/// The blob a manifest or layer link deletion refers to.
+fn linked_blob(deletion: &Deletion) -> Option<Digest> {
+    let Target::Keys(keys) = &deletion.target else {
+        return None;
+    };
+    if !matches!(deletion.kind, Kind::Manifest | Kind::LayerLink) {
+        return None;
+    }
+    match layout::parse_repository_key(keys.first()?).object {
+        RepositoryObject::RevisionLink(digest) | RepositoryObject::LayerLink(digest) => Some(digest),
+        _ => None,
+    }
+}
+
+struct BatchResult {
+    /// Per deletion: `None` when all its keys went, else the first failure.
+    deletions: Vec<(usize, Option<String>)>,
+    errors: Vec<String>,
+    directories_removed: u64,
+}
+
+async fn delete_batch(
+    storage: &Arc<dyn Storage>,
+    chunk: &[usize],
+    deletions: &[Deletion],
+    universe: &BlobUniverse,
+) -> BatchResult {
+    let mut owners = Vec::new();
+    let mut keys = Vec::new();
+    for &i in chunk {
+        for key in deletions[i].keys(universe) {
+            owners.push(i);
+            keys.push(key);
+        }
+    }
+    let results = storage.delete(keys.clone()).await;
+    let mut failures: Vec<(usize, Option<String>)> = chunk.iter().map(|&i| (i, None)).collect();
+    let mut emptied: Vec<String> = Vec::new();
+    for ((owner, key), result) in owners.iter().zip(&keys).zip(results) {
+        match result {
+            Ok(()) => emptied.extend(layout::removable_parents(key).map(str::to_owned)),
+            Err(e) => {
+                let slot = failures.iter_mut().find(|(i, _)| i == owner);
+                if let Some((_, failure @ None)) = slot {
+                    *failure = Some(format!("deleting {key}: {e}"));
+                }
+            }
+        }
+    }
+    let mut errors = Vec::new();
+    let directories_removed = match storage.remove_empty_dirs(emptied).await {
+        Ok(n) => n,
+        Err(e) => {
+            errors.push(format!("removing empty directories: {e}"));
+            0
+        }
+    };
+    BatchResult {
+        deletions: failures,
+        errors,
+        directories_removed,
+    }
+}
