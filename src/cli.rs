@@ -41,7 +41,11 @@ pub enum Command {
 #[derive(Debug, Args)]
 pub struct GcArgs {
     /// The registry's own config.yml (REGISTRY_* environment overrides apply, as in the registry).
-    #[arg(value_name = "CONFIG", required_unless_present = "storage", conflicts_with = "storage")]
+    #[arg(
+        value_name = "CONFIG",
+        required_unless_present = "storage",
+        conflicts_with = "storage"
+    )]
     pub config: Option<PathBuf>,
 
     /// The storage root instead of a config file: file:///var/lib/registry (or a plain path).

@@ -151,7 +151,13 @@ impl Collection {
             )
             .await;
             let universe = &self.inventory.blobs;
-            for (deletion, _) in self.plan.deletions.iter().zip(&outcome.done).filter(|(_, done)| **done) {
+            for (deletion, _) in self
+                .plan
+                .deletions
+                .iter()
+                .zip(&outcome.done)
+                .filter(|(_, done)| **done)
+            {
                 summary.count_deletion(deletion, deletion.keys(universe).len());
             }
             // A repository any of whose deletions failed is still there.

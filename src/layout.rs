@@ -48,7 +48,10 @@ pub fn repository(name: &str) -> String {
 }
 
 pub fn layer_link(repo: &str, digest: &Digest) -> String {
-    format!("{REPOSITORIES}{repo}/_layers/{SHA256}/{}/link", digest.hex())
+    format!(
+        "{REPOSITORIES}{repo}/_layers/{SHA256}/{}/link",
+        digest.hex()
+    )
 }
 
 pub fn revision_link(repo: &str, digest: &Digest) -> String {
@@ -189,15 +192,22 @@ fn parse_repository_object(inner: &str) -> RepositoryObject<'_> {
         ["_manifests", "revisions", SHA256, hex, "link"] => {
             digest(hex).map(RepositoryObject::RevisionLink)
         }
-        ["_manifests", "revisions", SHA256, hex, "signatures", SHA256, sig, "link"] => {
-            match (digest(hex), digest(sig)) {
-                (Some(revision), Some(signature)) => Some(RepositoryObject::RevisionSignature {
-                    revision,
-                    signature,
-                }),
-                _ => None,
-            }
-        }
+        [
+            "_manifests",
+            "revisions",
+            SHA256,
+            hex,
+            "signatures",
+            SHA256,
+            sig,
+            "link",
+        ] => match (digest(hex), digest(sig)) {
+            (Some(revision), Some(signature)) => Some(RepositoryObject::RevisionSignature {
+                revision,
+                signature,
+            }),
+            _ => None,
+        },
         ["_manifests", "tags", tag, "current", "link"] if is_valid_tag(tag) => {
             Some(RepositoryObject::TagCurrent { tag })
         }
@@ -277,7 +287,10 @@ mod tests {
     #[test]
     fn builds_and_parses_blob_keys() {
         let key = blob_data(&d(HEX));
-        assert_eq!(key, format!("docker/registry/v2/blobs/sha256/a3/{HEX}/data"));
+        assert_eq!(
+            key,
+            format!("docker/registry/v2/blobs/sha256/a3/{HEX}/data")
+        );
         assert_eq!(parse_blob_key(&key), BlobObject::Data(d(HEX)));
         // Wrong shard, other files, other algorithms, markers.
         let wrong_shard = format!("docker/registry/v2/blobs/sha256/a4/{HEX}/data");
@@ -296,7 +309,10 @@ mod tests {
         let digest = d(HEX);
         let sig = d(HEX2);
         let cases = [
-            (layer_link(repo, &digest), RepositoryObject::LayerLink(digest)),
+            (
+                layer_link(repo, &digest),
+                RepositoryObject::LayerLink(digest),
+            ),
             (
                 revision_link(repo, &digest),
                 RepositoryObject::RevisionLink(digest),
@@ -377,10 +393,20 @@ mod tests {
 
     #[test]
     fn repository_name_grammar() {
-        for ok in ["a", "library/alpine", "a.b", "a_b", "a__b", "a---b", "0/1/2"] {
+        for ok in [
+            "a",
+            "library/alpine",
+            "a.b",
+            "a_b",
+            "a__b",
+            "a---b",
+            "0/1/2",
+        ] {
             assert!(is_valid_repository_name(ok), "{ok}");
         }
-        for bad in ["", "A", "a/", "/a", "a..b", "a___b", "_a", "a-", "a/_b", "a b"] {
+        for bad in [
+            "", "A", "a/", "/a", "a..b", "a___b", "_a", "a-", "a/_b", "a b",
+        ] {
             assert!(!is_valid_repository_name(bad), "{bad}");
         }
         assert!(!is_valid_repository_name(&"a".repeat(256)));
@@ -416,7 +442,10 @@ mod tests {
         );
         let key = layer_link("team/app", &d(HEX));
         let parents: Vec<&str> = removable_parents(&key).collect();
-        assert_eq!(parents.last(), Some(&"docker/registry/v2/repositories/team/"));
+        assert_eq!(
+            parents.last(),
+            Some(&"docker/registry/v2/repositories/team/")
+        );
         assert_eq!(parents.len(), 5);
         assert!(is_anchor_dir("docker/"));
         assert!(is_anchor_dir(REPOSITORIES));

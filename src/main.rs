@@ -42,7 +42,8 @@ fn main() -> ExitCode {
 
 fn init_logging(format: LogFormat, quiet: bool) {
     let default = if quiet { "warn" } else { "info" };
-    let filter = EnvFilter::try_from_env("REGSWEEP_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    let filter =
+        EnvFilter::try_from_env("REGSWEEP_LOG").unwrap_or_else(|_| EnvFilter::new(default));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -61,7 +62,10 @@ fn open_storage(args: &GcArgs) -> Result<Arc<dyn Storage>> {
     match storage_config {
         StorageConfig::Filesystem { root_directory } => {
             let storage = LocalStorage::open(&root_directory).with_context(|| {
-                format!("cannot open the filesystem storage root {}", root_directory.display())
+                format!(
+                    "cannot open the filesystem storage root {}",
+                    root_directory.display()
+                )
             })?;
             Ok(Arc::new(storage))
         }
@@ -89,7 +93,13 @@ async fn gc(args: GcArgs, quiet: bool) -> Result<ExitCode> {
     if args.dry_run && args.format == OutputFormat::Text && !quiet {
         let mut out = std::io::stdout().lock();
         for entry in collection.plan_entries() {
-            writeln!(out, "would delete\t{}\t{}\t{}", entry.phase.as_str(), entry.bytes, entry.key)?;
+            writeln!(
+                out,
+                "would delete\t{}\t{}\t{}",
+                entry.phase.as_str(),
+                entry.bytes,
+                entry.key
+            )?;
         }
     }
 
@@ -108,7 +118,10 @@ async fn gc(args: GcArgs, quiet: bool) -> Result<ExitCode> {
         tracing::info!(command, "running the restart command");
         let outcome = run_restart_command(command).await;
         if !outcome.success {
-            summary.add_error(format!("restart command `{command}` failed: {}", outcome.status));
+            summary.add_error(format!(
+                "restart command `{command}` failed: {}",
+                outcome.status
+            ));
         }
         summary.restart = Some(outcome);
     }

@@ -211,7 +211,12 @@ fn mark_repository(
             }
         }
         // A young index entry may be a tag being written (index first, then current).
-        pending.extend(tag.index.iter().filter(|l| young(l.modified)).map(|l| l.digest));
+        pending.extend(
+            tag.index
+                .iter()
+                .filter(|l| young(l.modified))
+                .map(|l| l.digest),
+        );
     }
     pending.extend(
         repo.revisions

@@ -136,8 +136,11 @@ pub fn plan(inventory: &Inventory, marks: &MarkSet, options: PlanOptions) -> Swe
             });
         }
     }
-    plan.deletions
-        .extend(empty_directories(&inventory.markers, options, Phase::EmptyDirectories));
+    plan.deletions.extend(empty_directories(
+        &inventory.markers,
+        options,
+        Phase::EmptyDirectories,
+    ));
     // Stable: within a phase, the order above (repository by repository, blobs by digest) stays.
     plan.deletions.sort_by_key(|d| d.phase);
     plan
@@ -189,7 +192,8 @@ fn plan_repository(
             continue; // decided with its revision above
         }
         if old(signature.modified) && !live(&signature.revision) {
-            let key = layout::revision_signature_link(name, &signature.revision, &signature.signature);
+            let key =
+                layout::revision_signature_link(name, &signature.revision, &signature.signature);
             deletions.push(keys(Kind::SignatureLink, Phase::Manifests, vec![key]));
         } else {
             kept_anything = true;
@@ -323,7 +327,13 @@ mod tests {
             d(n)
         }
 
-        fn manifest(&mut self, n: u8, manifests: &[u8], blobs: &[u8], subject: Option<u8>) -> Digest {
+        fn manifest(
+            &mut self,
+            n: u8,
+            manifests: &[u8],
+            blobs: &[u8],
+            subject: Option<u8>,
+        ) -> Digest {
             self.blob(n);
             let refs = ManifestRefs {
                 kind: if manifests.is_empty() {
@@ -536,7 +546,11 @@ mod tests {
         ] {
             assert!(keys.contains(&key), "{key} not planned");
         }
-        let tags = plan.deletions.iter().filter(|d| d.kind == Kind::Tag).count();
+        let tags = plan
+            .deletions
+            .iter()
+            .filter(|d| d.kind == Kind::Tag)
+            .count();
         assert_eq!(tags, 2);
     }
 
@@ -557,7 +571,11 @@ mod tests {
         }];
         let (inventory, plan) = f.run(true).unwrap();
         assert_eq!(plan.repositories_deleted, ["gone"]);
-        let upload = plan.deletions.iter().find(|d| d.kind == Kind::Upload).unwrap();
+        let upload = plan
+            .deletions
+            .iter()
+            .find(|d| d.kind == Kind::Upload)
+            .unwrap();
         assert_eq!((upload.phase, upload.bytes), (Phase::Repositories, 7));
         // Blob 2 is still used by app's tagged manifest.
         assert!(!deleted_blobs(&inventory, &plan).contains(&d(2)));

@@ -50,7 +50,8 @@ impl Summary {
     /// The counts of what was found.
     pub fn of_inventory(inventory: &Inventory, storage: String, dry_run: bool) -> Summary {
         let repos = &inventory.repositories;
-        let unknown = inventory.unknown.len() + repos.iter().map(|r| r.unknown.len()).sum::<usize>();
+        let unknown =
+            inventory.unknown.len() + repos.iter().map(|r| r.unknown.len()).sum::<usize>();
         Summary {
             dry_run,
             storage,
@@ -130,7 +131,11 @@ pub fn human_bytes(bytes: u64) -> String {
 
 impl fmt::Display for Summary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let verb = if self.dry_run { "would delete" } else { "deleted" };
+        let verb = if self.dry_run {
+            "would delete"
+        } else {
+            "deleted"
+        };
         writeln!(f, "storage: {}", self.storage)?;
         writeln!(
             f,
@@ -166,10 +171,6 @@ impl fmt::Display for Summary {
         if let Some(restart) = &self.restart {
             writeln!(f, "restart command: {}", restart.status)?;
         }
-        write!(
-            f,
-            "{} errors, {:.1} s",
-            self.errors, self.duration_seconds
-        )
+        write!(f, "{} errors, {:.1} s", self.errors, self.duration_seconds)
     }
 }

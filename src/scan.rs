@@ -272,9 +272,9 @@ fn add_repository_object(
                 modified,
             })
         }
-        RepositoryObject::TagIndex { tag, digest } => {
-            tag_mut(repository, tag).index.push(Link { digest, modified })
-        }
+        RepositoryObject::TagIndex { tag, digest } => tag_mut(repository, tag)
+            .index
+            .push(Link { digest, modified }),
         RepositoryObject::Upload { id } => {
             match repository.uploads.iter_mut().find(|u| u.id == id) {
                 Some(upload) => upload.files.push(object),
@@ -290,7 +290,10 @@ fn add_repository_object(
 }
 
 fn tag_mut<'r>(repository: &'r mut Repository, name: &str) -> &'r mut Tag {
-    let i = match repository.tags.binary_search_by(|t| t.name.as_str().cmp(name)) {
+    let i = match repository
+        .tags
+        .binary_search_by(|t| t.name.as_str().cmp(name))
+    {
         Ok(i) => i,
         Err(i) => {
             repository.tags.insert(
@@ -373,13 +376,29 @@ mod tests {
         write(root, &format!("{}/stray", layout::SHA256_BLOBS), "?");
         write(root, &layout::layer_link("foo", &b), &b.to_string());
         write(root, &layout::revision_link("foo/bar", &a), &a.to_string());
-        write(root, &layout::tag_current_link("foo/bar", "v1"), &a.to_string());
-        write(root, &layout::tag_index_link("foo/bar", "v1", &a), &a.to_string());
-        write(root, &layout::tag_current_link("foo/bar", "bad"), "sha256:nope");
+        write(
+            root,
+            &layout::tag_current_link("foo/bar", "v1"),
+            &a.to_string(),
+        );
+        write(
+            root,
+            &layout::tag_index_link("foo/bar", "v1", &a),
+            &a.to_string(),
+        );
+        write(
+            root,
+            &layout::tag_current_link("foo/bar", "bad"),
+            "sha256:nope",
+        );
         let upload = format!("{}_uploads/u-1/", layout::repository("foo"));
         write(root, &format!("{upload}data"), "partial");
         write(root, &format!("{upload}startedat"), "2026-01-01T00:00:00Z");
-        write(root, &format!("{}_junk", layout::repository("foo/bar")), "?");
+        write(
+            root,
+            &format!("{}_junk", layout::repository("foo/bar")),
+            "?",
+        );
         fs::create_dir_all(root.join(layout::REPOSITORIES).join("empty/_layers")).unwrap();
         fs::create_dir_all(root.join(layout::REPOSITORIES).join("namespace")).unwrap();
 
@@ -389,7 +408,11 @@ mod tests {
         assert_eq!(inventory.blobs.len(), 2);
         assert_eq!(inventory.blobs.index(&a), Some(0));
         assert_eq!(inventory.blobs.size(1), 5);
-        let names: Vec<&str> = inventory.repositories.iter().map(|r| r.name.as_str()).collect();
+        let names: Vec<&str> = inventory
+            .repositories
+            .iter()
+            .map(|r| r.name.as_str())
+            .collect();
         assert_eq!(names, ["empty", "foo", "foo/bar"]);
         let [empty, foo, bar] = &inventory.repositories[..] else {
             unreachable!()

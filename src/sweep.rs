@@ -54,9 +54,11 @@ pub async fn sweep(
                 Target::Keys(_) => true,
             })
             .collect();
-        let mut batches = stream::iter(runnable.chunks(batch).map(|chunk| {
-            delete_batch(storage, chunk, &plan.deletions, universe)
-        }))
+        let mut batches = stream::iter(
+            runnable
+                .chunks(batch)
+                .map(|chunk| delete_batch(storage, chunk, &plan.deletions, universe)),
+        )
         .buffer_unordered(concurrency.max(1));
         while let Some(result) = batches.next().await {
             outcome.directories_removed += result.directories_removed;
@@ -87,7 +89,9 @@ fn linked_blob(deletion: &Deletion) -> Option<Digest> {
         return None;
     }
     match layout::parse_repository_key(keys.first()?).object {
-        RepositoryObject::RevisionLink(digest) | RepositoryObject::LayerLink(digest) => Some(digest),
+        RepositoryObject::RevisionLink(digest) | RepositoryObject::LayerLink(digest) => {
+            Some(digest)
+        }
         _ => None,
     }
 }

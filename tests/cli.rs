@@ -50,7 +50,10 @@ impl Storage {
     /// Stores a blob, returning its hex digest.
     fn blob(&self, content: &[u8]) -> String {
         let hex = format!("{:x}", Sha256::digest(content));
-        self.write(&format!("{V2}/blobs/sha256/{}/{hex}/data", &hex[..2]), content);
+        self.write(
+            &format!("{V2}/blobs/sha256/{}/{hex}/data", &hex[..2]),
+            content,
+        );
         hex
     }
 
@@ -77,7 +80,10 @@ impl Storage {
         self.link(&format!("{r}/_layers/sha256/{layer}/link"), &layer);
         self.link(&format!("{r}/_manifests/revisions/sha256/{hex}/link"), &hex);
         self.link(&format!("{r}/_manifests/tags/{tag}/current/link"), &hex);
-        self.link(&format!("{r}/_manifests/tags/{tag}/index/sha256/{hex}/link"), &hex);
+        self.link(
+            &format!("{r}/_manifests/tags/{tag}/index/sha256/{hex}/link"),
+            &hex,
+        );
         hex
     }
 
@@ -109,9 +115,15 @@ fn assert_refused(storage: &Storage, needles: &[&str]) {
     let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "stderr: {stderr}");
     for needle in needles {
-        assert!(stderr.contains(needle), "{needle:?} not in stderr: {stderr}");
+        assert!(
+            stderr.contains(needle),
+            "{needle:?} not in stderr: {stderr}"
+        );
     }
-    assert!(storage.snapshot() == before, "storage changed after a refusal");
+    assert!(
+        storage.snapshot() == before,
+        "storage changed after a refusal"
+    );
 }
 
 #[test]
@@ -119,14 +131,35 @@ fn collects_a_hand_made_registry() {
     let storage = Storage::new();
     let live = storage.image("app", "v1", "live");
     let orphan = storage.blob(b"nobody references me");
-    let dry = regsweep(&["gc", "--storage", &storage.url(), "--min-age", "0s", "--dry-run"]);
+    let dry = regsweep(&[
+        "gc",
+        "--storage",
+        &storage.url(),
+        "--min-age",
+        "0s",
+        "--dry-run",
+    ]);
     assert!(dry.status.success(), "{}", text(&dry.stderr));
     let plan = text(&dry.stdout);
-    assert!(plan.contains(&orphan), "dry run does not list the orphan: {plan}");
-    assert!(!plan.contains(&live), "dry run would delete a live manifest: {plan}");
+    assert!(
+        plan.contains(&orphan),
+        "dry run does not list the orphan: {plan}"
+    );
+    assert!(
+        !plan.contains(&live),
+        "dry run would delete a live manifest: {plan}"
+    );
     assert!(storage.blob_exists(&orphan));
 
-    let out = regsweep(&["gc", "--storage", &storage.url(), "--min-age", "0s", "--format", "json"]);
+    let out = regsweep(&[
+        "gc",
+        "--storage",
+        &storage.url(),
+        "--min-age",
+        "0s",
+        "--format",
+        "json",
+    ]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     for field in [
@@ -145,7 +178,10 @@ fn collects_a_hand_made_registry() {
         "errors",
         "duration_seconds",
     ] {
-        assert!(summary.get(field).is_some(), "summary lacks {field}: {summary}");
+        assert!(
+            summary.get(field).is_some(),
+            "summary lacks {field}: {summary}"
+        );
     }
     assert_eq!(summary["blobs_total"], 4);
     assert_eq!(summary["blobs_deleted"], 1);
@@ -154,7 +190,9 @@ fn collects_a_hand_made_registry() {
     assert!(!storage.blob_exists(&orphan));
     assert!(storage.blob_exists(&live));
     // The orphan's directory went with it.
-    let shard = storage.root.join(format!("{V2}/blobs/sha256/{}", &orphan[..2]));
+    let shard = storage
+        .root
+        .join(format!("{V2}/blobs/sha256/{}", &orphan[..2]));
     assert!(!shard.join(&orphan).exists());
 }
 
@@ -168,7 +206,10 @@ fn corrupt_current_link_stops_before_any_deletion() {
         b"sha256:not-a-digest\n",
     );
     storage.write(
-        &format!("{V2}/repositories/team/web/_layers/sha256/{}/link", "0".repeat(64)),
+        &format!(
+            "{V2}/repositories/team/web/_layers/sha256/{}/link",
+            "0".repeat(64)
+        ),
         format!("sha256:{}", "0".repeat(64)).as_bytes(),
     );
     assert_refused(&storage, &["team/web", "prod", "current/link"]);
@@ -189,7 +230,8 @@ fn truncated_live_manifest_stops_before_any_deletion() {
 fn unknown_media_type_in_a_live_manifest_stops_before_any_deletion() {
     let storage = Storage::new();
     storage.blob(b"garbage");
-    let odd = storage.blob(br#"{"schemaVersion":2,"mediaType":"application/x-unheard-of","layers":[]}"#);
+    let odd =
+        storage.blob(br#"{"schemaVersion":2,"mediaType":"application/x-unheard-of","layers":[]}"#);
     let r = format!("{V2}/repositories/odd");
     storage.link(&format!("{r}/_manifests/revisions/sha256/{odd}/link"), &odd);
     storage.link(&format!("{r}/_manifests/tags/latest/current/link"), &odd);
@@ -214,7 +256,13 @@ fn symlinks_are_refused_and_never_followed() {
 fn a_directory_that_is_no_registry_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     fs::write(dir.path().join("hello"), "not a registry").unwrap();
-    let out = regsweep(&["gc", "--storage", dir.path().to_str().unwrap(), "--min-age", "0s"]);
+    let out = regsweep(&[
+        "gc",
+        "--storage",
+        dir.path().to_str().unwrap(),
+        "--min-age",
+        "0s",
+    ]);
     assert_eq!(out.status.code(), Some(1));
     let stderr = text(&out.stderr);
     assert!(stderr.contains("not a registry storage root"), "{stderr}");
@@ -243,7 +291,10 @@ fn config_errors_are_clear() {
     let out = regsweep(&["gc", s3.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
     let stderr = text(&out.stderr);
-    assert!(stderr.contains("s3") && stderr.contains("not supported yet"), "{stderr}");
+    assert!(
+        stderr.contains("s3") && stderr.contains("not supported yet"),
+        "{stderr}"
+    );
 
     let out = regsweep(&["gc"]);
     assert_eq!(out.status.code(), Some(2), "usage errors exit 2");

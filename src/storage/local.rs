@@ -57,7 +57,9 @@ impl fmt::Display for LocalStorage {
 
 fn io_error(key: &str, source: io::Error) -> StorageError {
     if source.kind() == io::ErrorKind::NotFound {
-        StorageError::NotFound { key: key.to_owned() }
+        StorageError::NotFound {
+            key: key.to_owned(),
+        }
     } else {
         StorageError::Io {
             key: key.to_owned(),
@@ -203,15 +205,17 @@ impl Storage for LocalStorage {
         let root = Arc::clone(&self.root);
         let prefix = prefix.to_owned();
         tokio::task::spawn_blocking(move || walk(&root, &prefix, &tx));
-        stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|chunk| (chunk, rx)) })
-            .flat_map(|chunk| {
-                let items: Vec<Result<ObjectMeta, StorageError>> = match chunk {
-                    Ok(objects) => objects.into_iter().map(Ok).collect(),
-                    Err(e) => vec![Err(e)],
-                };
-                stream::iter(items)
-            })
-            .boxed()
+        stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|chunk| (chunk, rx))
+        })
+        .flat_map(|chunk| {
+            let items: Vec<Result<ObjectMeta, StorageError>> = match chunk {
+                Ok(objects) => objects.into_iter().map(Ok).collect(),
+                Err(e) => vec![Err(e)],
+            };
+            stream::iter(items)
+        })
+        .boxed()
     }
 
     fn list_dir(&self, prefix: &str) -> BoxFuture<'_, Result<Listing, StorageError>> {

@@ -1,0 +1,329 @@
+//! The real registry (`docker-registry serve`) as a child process on a free loopback port, and its
+//! official garbage collector.
+
+use std::collections::BTreeSet;
+use std::fs::{self, OpenOptions};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+use super::client::Client;
+
+/// Where Debian's `docker-registry` package installs the binary.
+pub const DEFAULT_REGISTRY_BIN: &str = "/usr/bin/docker-registry";
+/// Overrides the registry binary.
+pub const REGISTRY_BIN_ENV: &str = "REGSWEEP_TEST_REGISTRY_BIN";
+
+const READY_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A registry serving `dir/storage` on `127.0.0.1:<port>`. Dropping it kills the process.
+#[derive(Debug)]
+pub struct Registry {
+    dir: PathBuf,
+    bin: PathBuf,
+    port: u16,
+    child: Option<Child>,
+}
+
+/// The registry binary: `$REGSWEEP_TEST_REGISTRY_BIN`, else `/usr/bin/docker-registry`, else
+/// `docker-registry` on `PATH`. Panics when there is none: these tests never skip silently.
+pub fn registry_binary() -> PathBuf {
+    if let Some(path) = std::env::var_os(REGISTRY_BIN_ENV) {
+        let path = PathBuf::from(path);
+        assert!(
+            path.is_file(),
+            "{REGISTRY_BIN_ENV}={} does not name a file",
+            path.display()
+        );
+        return path;
+    }
+    let default = PathBuf::from(DEFAULT_REGISTRY_BIN);
+    if default.is_file() {
+        return default;
+    }
+    if let Some(paths) = std::env::var_os("PATH") {
+        for dir in std::env::split_paths(&paths) {
+            let candidate = dir.join("docker-registry");
+            if candidate.is_file() {
+                return candidate;
+            }
+        }
+    }
+    panic!(
+        "the Docker Distribution registry binary was not found ({DEFAULT_REGISTRY_BIN}, or \
+         docker-registry on PATH): install it with `apt-get install docker-registry` \
+         (Debian/Ubuntu), or point {REGISTRY_BIN_ENV} at a `registry` 2.x binary"
+    );
+}
+
+fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    listener.local_addr().expect("local addr").port()
+}
+
+/// Quotes a string for YAML (double-quoted style).
+fn yaml_quote(s: &str) -> String {
+    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+impl Registry {
+    /// Writes `dir/config.yml` (filesystem storage in `dir/storage`, deletes enabled, in-memory
+    /// blob descriptor cache, upload purging disabled so that the registry never races the tests
+    /// on `_uploads`), starts the registry on a free port, logging to `dir/registry.log`, and waits
+    /// until `GET /v2/` answers 200.
+    pub fn start(dir: &Path) -> Registry {
+        fs::create_dir_all(dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
+        let dir = dir
+            .canonicalize()
+            .unwrap_or_else(|e| panic!("canonicalize {}: {e}", dir.display()));
+        let mut registry = Registry {
+            bin: registry_binary(),
+            dir,
+            port: 0,
+            child: None,
+        };
+        fs::create_dir_all(registry.storage_root()).expect("create the storage root");
+        // Another process may grab the port between our probe and the registry's bind: retry.
+        for attempt in 1..=5 {
+            registry.port = free_port();
+            registry.write_config();
+            match registry.spawn_and_wait() {
+                Ok(()) => return registry,
+                Err(e) if attempt < 5 && e.contains("address already in use") => continue,
+                Err(e) => panic!("{e}"),
+            }
+        }
+        unreachable!()
+    }
+
+    fn write_config(&self) {
+        let config = format!(
+            "version: 0.1\n\
+             log:\n  level: warn\n  formatter: text\n\
+             storage:\n  filesystem:\n    rootdirectory: {root}\n  delete:\n    enabled: true\n  \
+             cache:\n    blobdescriptor: inmemory\n  maintenance:\n    uploadpurging:\n      enabled: false\n\
+             http:\n  addr: 127.0.0.1:{port}\n  secret: regsweep-test-secret\n",
+            root = yaml_quote(&self.storage_root().to_string_lossy()),
+            port = self.port,
+        );
+        fs::write(self.config_path(), config).expect("write config.yml");
+    }
+
+    fn spawn_and_wait(&mut self) -> Result<(), String> {
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .expect("open registry.log");
+        let log_err = log.try_clone().expect("clone the log handle");
+        let mut command = Command::new(&self.bin);
+        command
+            .arg("serve")
+            .arg(self.config_path())
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log_err);
+        // REGISTRY_* variables override the config: keep the environment from changing the test.
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("REGISTRY_") {
+                command.env_remove(key);
+            }
+        }
+        let child = command
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {} serve: {e}", self.bin.display()));
+        self.child = Some(child);
+
+        let client = Client::with_timeout(&self.url(), Duration::from_secs(2));
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                self.child = None;
+                return Err(format!(
+                    "the registry exited early ({status}) on port {}; log tail:\n{}",
+                    self.port,
+                    self.log_tail(40)
+                ));
+            }
+            if client.ping() == Some(200) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                self.kill();
+                return Err(format!(
+                    "the registry did not answer GET /v2/ with 200 within {READY_TIMEOUT:?} on \
+                     port {}; log tail:\n{}",
+                    self.port,
+                    self.log_tail(40)
+                ));
+            }
+            sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Stops the registry (SIGKILL: every write of the filesystem driver completed before its
+    /// response was sent, so nothing is lost). Idempotent.
+    pub fn stop(&mut self) {
+        self.kill();
+    }
+
+    /// Starts the registry again on the same port and storage (the in-memory blob descriptor cache
+    /// starts empty, as after a real restart).
+    pub fn restart(&mut self) {
+        self.stop();
+        let mut last = String::new();
+        // The port was ours a moment ago; give the kernel a few tries to release it.
+        for _ in 0..10 {
+            match self.spawn_and_wait() {
+                Ok(()) => return,
+                Err(e) if e.contains("address already in use") => {
+                    last = e;
+                    sleep(Duration::from_millis(300));
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+        panic!("restart: {last}");
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// `http://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// A client for this registry.
+    pub fn client(&self) -> Client {
+        Client::new(&self.url())
+    }
+
+    /// The directory the registry was started in (canonical).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.join("config.yml")
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.join("registry.log")
+    }
+
+    /// `storage.filesystem.rootdirectory`.
+    pub fn storage_root(&self) -> PathBuf {
+        self.dir.join("storage")
+    }
+
+    /// `<rootdirectory>/docker/registry/v2`.
+    pub fn v2_root(&self) -> PathBuf {
+        self.storage_root().join("docker/registry/v2")
+    }
+
+    /// The last `lines` lines of the registry's log.
+    pub fn log_tail(&self, lines: usize) -> String {
+        let text = fs::read_to_string(self.log_path()).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    /// Runs the official collector, `docker-registry garbage-collect [--dry-run]
+    /// [--delete-untagged] config.yml`, and parses what it printed; panics with its output on a
+    /// non-zero exit.
+    ///
+    /// The registry may be running or stopped: the collector opens the storage itself, and a dry
+    /// run only reads. After a real (non-dry) run on a running registry, call [`Registry::restart`]:
+    /// its blob descriptor cache still believes the deleted blobs exist.
+    pub fn official_gc(&self, dry_run: bool, delete_untagged: bool) -> OfficialGc {
+        let mut command = Command::new(&self.bin);
+        command.arg("garbage-collect");
+        if dry_run {
+            command.arg("--dry-run");
+        }
+        if delete_untagged {
+            command.arg("--delete-untagged");
+        }
+        command.arg(self.config_path()).stdin(Stdio::null());
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("REGISTRY_") {
+                command.env_remove(key);
+            }
+        }
+        let output = command
+            .output()
+            .unwrap_or_else(|e| panic!("run {} garbage-collect: {e}", self.bin.display()));
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        assert!(
+            output.status.success(),
+            "garbage-collect (dry_run={dry_run}, delete_untagged={delete_untagged}) failed: \
+             {}\nstdout:\n{stdout}\nstderr:\n{stderr}",
+            output.status
+        );
+        OfficialGc::parse(stdout, stderr)
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// What the official collector printed.
+#[derive(Debug, Clone, Default)]
+pub struct OfficialGc {
+    /// `blob eligible for deletion: sha256:…`
+    pub blobs_eligible: BTreeSet<String>,
+    /// `manifest eligible for deletion: sha256:…` (a revision of some repository; the line does
+    /// not say which).
+    pub manifests_eligible: BTreeSet<String>,
+    /// `<repo>: marking manifest sha256:…` and `<repo>: marking blob sha256:…`.
+    pub marked: BTreeSet<String>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl OfficialGc {
+    pub fn parse(stdout: String, stderr: String) -> OfficialGc {
+        let mut gc = OfficialGc::default();
+        for line in stdout.lines() {
+            let digest = line
+                .split_whitespace()
+                .rev()
+                .find(|word| word.starts_with("sha256:"))
+                .map(str::to_owned);
+            let Some(digest) = digest else { continue };
+            if line.contains("blob eligible for deletion") {
+                gc.blobs_eligible.insert(digest);
+            } else if line.contains("manifest eligible for deletion") {
+                gc.manifests_eligible.insert(digest);
+            } else if line.contains(": marking ") {
+                gc.marked.insert(digest);
+            }
+        }
+        gc.stdout = stdout;
+        gc.stderr = stderr;
+        gc
+    }
+}
