@@ -55,7 +55,13 @@ fn init_logging(format: LogFormat, quiet: bool) {
 
 fn open_storage(args: &GcArgs) -> Result<Arc<dyn Storage>> {
     let storage_config = match (&args.config, &args.storage) {
-        (Some(path), _) => config::load_registry_config(path, std::env::vars())?,
+        (Some(path), _) => {
+            // `vars()` panics on a non-UTF-8 variable; the registry's own variables are UTF-8.
+            let env = std::env::vars_os().filter_map(|(key, value)| {
+                Some((key.into_string().ok()?, value.into_string().ok()?))
+            });
+            config::load_registry_config(path, env)?
+        }
         (None, Some(url)) => config::parse_storage_url(url)?,
         (None, None) => unreachable!("clap requires CONFIG or --storage"),
     };

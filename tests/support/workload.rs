@@ -563,28 +563,49 @@ pub fn standard_workload(client: &Client, v2_root: &Path) -> Model {
 
     // foo: a Docker image; an OCI index without `mediaType` in its JSON; a child of the web list
     // tagged directly here.
-    let foo = "foo";
-    w.mount(foo, alpine, &base[0]);
+    let foo_repo = "foo";
+    w.mount(foo_repo, alpine, &base[0]);
     let mut layers = vec![base[0].clone()];
-    layers.extend(w.layers(foo, 6));
-    w.image(foo, Docker, &layers, "amd64", Ref::Tag("1.0"), "foo 1.0");
-    let layers = w.layers(foo, 8);
-    let foo_amd64 = w.image(foo, Oci, &layers, "amd64", Ref::Digest, "foo multi amd64");
-    let layers = w.layers(foo, 8);
-    let foo_arm64 = w.image(foo, Oci, &layers, "arm64", Ref::Digest, "foo multi arm64");
+    layers.extend(w.layers(foo_repo, 6));
+    w.image(
+        foo_repo,
+        Docker,
+        &layers,
+        "amd64",
+        Ref::Tag("1.0"),
+        "foo 1.0",
+    );
+    let layers = w.layers(foo_repo, 8);
+    let foo_amd64 = w.image(
+        foo_repo,
+        Oci,
+        &layers,
+        "amd64",
+        Ref::Digest,
+        "foo multi amd64",
+    );
+    let layers = w.layers(foo_repo, 8);
+    let foo_arm64 = w.image(
+        foo_repo,
+        Oci,
+        &layers,
+        "arm64",
+        Ref::Digest,
+        "foo multi arm64",
+    );
     let children = [(&foo_amd64, "amd64"), (&foo_arm64, "arm64")];
     w.list(
-        foo,
+        foo_repo,
         Oci,
         &children,
         Ref::Tag("multi"),
         false,
         "foo index without mediaType",
     );
-    w.mount_image_blobs(foo, web, &web_amd64);
-    w.push_again(foo, &web_amd64, Ref::Tag("web-amd64"));
+    w.mount_image_blobs(foo_repo, web, &web_amd64);
+    w.push_again(foo_repo, &web_amd64, Ref::Tag("web-amd64"));
     for _ in 0..2 {
-        w.orphan(foo);
+        w.orphan(foo_repo);
     }
 
     // foo/bar (nested under foo): images deleted through the API, one kept.
