@@ -19,6 +19,15 @@
 //!   to start, and so do we. A path that runs into an existing scalar or list is ignored, as the
 //!   registry ignores it.
 //!
+//! - The object stores read the registry's keys (2.8 and 3.x): `s3` (alias `s3-aws`): `bucket`,
+//!   `region`, `regionendpoint`, `forcepathstyle`, `secure`, `skipverify`, `rootdirectory`,
+//!   `accesskey`, `secretkey`, `sessiontoken`; `azure`: `accountname`, `accountkey`, `container`,
+//!   `realm`, `serviceurl`, `rootdirectory`, `credentials` (`type`: `shared_key`, `client_secret`
+//!   with `clientid`/`tenantid`/`secret`, `default_credentials`); `gcs`: `bucket`, `keyfile`,
+//!   `credentials`, `rootdirectory`. Strings may be given as numbers or booleans (the registry
+//!   formats them), booleans as `"true"`/`"false"`. Keys it does not need (`chunksize`, `v4auth`, …)
+//!   are ignored. Secrets are held in [`Secret`], which never prints.
+//!
 //! We are stricter than the registry where it would accept nonsense. It turns any `rootdirectory`
 //! into a string (`~` becomes the directory `<nil>`, `""` the filesystem root). We only accept a
 //! non-empty string. We also refuse `REGISTRY_` names with an empty segment (`REGISTRY_STORAGE_`),
@@ -38,13 +47,103 @@ const NOT_DRIVERS: [&str; 5] = ["cache", "delete", "maintenance", "redirect", "t
 const URL_FORMS: &str = "file:///absolute/path, a filesystem path (./name if it contains `:`), \
                          s3://bucket[/prefix], az://container[/prefix] (or azure://), gs://bucket[/prefix]";
 
+const SUPPORTED_DRIVERS: &str = "filesystem, s3, azure, gcs";
+
 /// Where the registry keeps its data.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StorageConfig {
     /// `storage.filesystem.rootdirectory` (default `/var/lib/registry`), or `file:///path`.
-    Filesystem { root_directory: PathBuf },
-    /// A driver this build does not support yet (`s3`, `azure`, `gcs`, `inmemory`, `swift`, `oss`, …): keep its name.
-    Unsupported { driver: String },
+    Filesystem {
+        root_directory: PathBuf,
+    },
+    S3(S3Config),
+    Azure(AzureConfig),
+    Gcs(GcsConfig),
+}
+
+/// A secret (key, password, token): Debug and Display print `***`, so that no log or error shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(secret: impl Into<String>) -> Secret {
+        Secret(secret.into())
+    }
+
+    /// The secret itself, for the one place that must send it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl std::fmt::Display for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// `storage.s3` (the registry's `s3`/`s3-aws` driver).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct S3Config {
+    pub bucket: String,
+    pub region: Option<String>,
+    /// `regionendpoint`: an S3-compatible server (MinIO, Ceph, …).
+    pub region_endpoint: Option<String>,
+    /// `forcepathstyle` (3.x); `None` when absent.
+    pub force_path_style: Option<bool>,
+    /// `secure` (default true): https for an endpoint given without a scheme.
+    pub secure: bool,
+    pub skip_verify: bool,
+    /// Without leading or trailing `/`; empty for the bucket root.
+    pub root_directory: String,
+    /// `accesskey`; `None` means the AWS credential chain.
+    pub access_key: Option<String>,
+    pub secret_key: Option<Secret>,
+    pub session_token: Option<Secret>,
+}
+
+/// `storage.azure`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AzureConfig {
+    pub account_name: String,
+    pub account_key: Option<Secret>,
+    pub container: String,
+    /// `realm` (the registry's default: `core.windows.net`).
+    pub realm: Option<String>,
+    /// `serviceurl` (3.x), e.g. `http://127.0.0.1:10000/devstoreaccount1` for Azurite.
+    pub service_url: Option<String>,
+    pub root_directory: String,
+    pub credentials: AzureCredentials,
+}
+
+/// How regsweep signs in to Azure (`storage.azure.credentials.type` in 3.x).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AzureCredentials {
+    /// The account key (`accountkey`).
+    SharedKey,
+    ClientSecret {
+        client_id: String,
+        tenant_id: String,
+        secret: Secret,
+    },
+    /// The Azure credential chain: environment, workload identity, managed identity.
+    DefaultCredentials,
+}
+
+/// `storage.gcs`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GcsConfig {
+    pub bucket: String,
+    pub keyfile: Option<PathBuf>,
+    /// The `credentials` map (a service account), as JSON.
+    pub credentials_json: Option<Secret>,
+    pub root_directory: String,
 }
 
 /// Why the storage could not be determined. File errors name the file, plus the
@@ -94,8 +193,18 @@ pub enum ConfigError {
         #[source]
         source: Option<serde_yaml_ng::Error>,
     },
+    #[error("{}: `{key}` is required", origin(path, overrides))]
+    Missing {
+        path: PathBuf,
+        overrides: Vec<String>,
+        key: String,
+    },
+    #[error("the `{driver}` storage driver is not supported (supported: {SUPPORTED_DRIVERS})")]
+    UnsupportedDriver { driver: String },
     #[error("--storage {url:?} is not one of: {URL_FORMS}")]
     StorageUrl { url: String },
+    #[error("--storage {url:?}: {reason}")]
+    StorageUrlParameter { url: String, reason: String },
 }
 
 fn origin(path: &Path, overrides: &[String]) -> String {
@@ -148,7 +257,9 @@ pub fn parse_registry_config(
     source.storage_config(&storage)
 }
 
-/// Parses `--storage`: `file:///abs/path` or a plain absolute/relative filesystem path → Filesystem; `s3://…`, `az://…`/`azure://…`, `gs://…` → Unsupported with driver `s3`/`azure`/`gcs`; anything else → error.
+/// Parses `--storage`: `file:///abs/path` or a plain path → Filesystem; `s3://bucket/root?…`,
+/// `az://container/root?account=…` (or `azure://`), `gs://bucket/root` → the object stores, with
+/// credentials from the environment; anything else → error.
 pub fn parse_storage_url(url: &str) -> Result<StorageConfig, ConfigError> {
     let bad = || ConfigError::StorageUrl {
         url: url.to_owned(),
@@ -162,27 +273,103 @@ pub fn parse_storage_url(url: &str) -> Result<StorageConfig, ConfigError> {
         };
     };
     let rest = rest.strip_prefix("//").ok_or_else(bad)?;
-    let driver = match scheme.to_ascii_lowercase().as_str() {
-        "file" => {
-            // RFC 8089 with an empty host: the path follows `file://` directly.
-            if !rest.starts_with('/') || rest.contains(['?', '#']) {
-                return Err(bad());
-            }
-            return Ok(StorageConfig::Filesystem {
-                root_directory: percent_decode(rest).ok_or_else(bad)?.into(),
-            });
+    let scheme = scheme.to_ascii_lowercase();
+    if scheme == "file" {
+        // RFC 8089 with an empty host: the path follows `file://` directly.
+        if !rest.starts_with('/') || rest.contains(['?', '#']) {
+            return Err(bad());
         }
-        "s3" => "s3",
-        "az" | "azure" => "azure",
-        "gs" => "gcs",
-        _ => return Err(bad()),
-    };
-    if rest.is_empty() || rest.starts_with('/') {
+        return Ok(StorageConfig::Filesystem {
+            root_directory: percent_decode(rest).ok_or_else(bad)?.into(),
+        });
+    }
+    if !matches!(scheme.as_str(), "s3" | "az" | "azure" | "gs") || rest.contains('#') {
+        return Err(bad());
+    }
+    let (location, query) = rest.split_once('?').unwrap_or((rest, ""));
+    let (bucket, root) = location.split_once('/').unwrap_or((location, ""));
+    if bucket.is_empty() {
         return Err(bad()); // no bucket or container
     }
-    Ok(StorageConfig::Unsupported {
-        driver: driver.to_owned(),
+    let bucket = percent_decode(bucket).ok_or_else(bad)?;
+    let root_directory = trim_root(&percent_decode(root).ok_or_else(bad)?);
+    let mut params = std::collections::BTreeMap::new();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        params.insert(key.to_owned(), percent_decode(value).ok_or_else(bad)?);
+    }
+    let parameter_error = |reason: String| ConfigError::StorageUrlParameter {
+        url: url.to_owned(),
+        reason,
+    };
+    let allowed: &[&str] = match scheme.as_str() {
+        "s3" => &["endpoint", "region", "force_path_style", "skip_verify"],
+        "gs" => &[],
+        _ => &["account", "endpoint"],
+    };
+    if let Some(unknown) = params.keys().find(|k| !allowed.contains(&k.as_str())) {
+        let known = if allowed.is_empty() {
+            "none".to_owned()
+        } else {
+            allowed.join(", ")
+        };
+        return Err(parameter_error(format!(
+            "unknown parameter `{unknown}` (known: {known})"
+        )));
+    }
+    let flag = |name: &str| -> Result<Option<bool>, ConfigError> {
+        match params.get(name).map(String::as_str) {
+            None => Ok(None),
+            Some("true") => Ok(Some(true)),
+            Some("false") => Ok(Some(false)),
+            Some(other) => Err(parameter_error(format!(
+                "`{name}` must be true or false, not {other:?}"
+            ))),
+        }
+    };
+    Ok(match scheme.as_str() {
+        "s3" => {
+            let endpoint = params.get("endpoint").cloned();
+            StorageConfig::S3(S3Config {
+                bucket,
+                region: params.get("region").cloned(),
+                secure: !endpoint
+                    .as_deref()
+                    .is_some_and(|e| e.starts_with("http://")),
+                region_endpoint: endpoint,
+                force_path_style: flag("force_path_style")?,
+                skip_verify: flag("skip_verify")?.unwrap_or(false),
+                root_directory,
+                access_key: None,
+                secret_key: None,
+                session_token: None,
+            })
+        }
+        "gs" => StorageConfig::Gcs(GcsConfig {
+            bucket,
+            keyfile: None,
+            credentials_json: None,
+            root_directory,
+        }),
+        _ => StorageConfig::Azure(AzureConfig {
+            account_name: params
+                .get("account")
+                .filter(|a| !a.is_empty())
+                .cloned()
+                .ok_or_else(|| parameter_error("az:// URL needs ?account=NAME".to_owned()))?,
+            account_key: None,
+            container: bucket,
+            realm: None,
+            service_url: params.get("endpoint").cloned(),
+            root_directory,
+            credentials: AzureCredentials::DefaultCredentials,
+        }),
     })
+}
+
+/// `rootdirectory` of an object store: no leading or trailing `/`.
+fn trim_root(root: &str) -> String {
+    root.trim_matches('/').to_owned()
 }
 
 /// One `REGISTRY_STORAGE*` variable: the key path below `storage`, lower-cased, and its parsed value.
@@ -325,11 +512,24 @@ impl Source<'_> {
                 return Err(self.ill_typed(key, "a mapping of driver parameters"));
             }
         };
-        if driver != "filesystem" {
-            return Ok(StorageConfig::Unsupported {
-                driver: driver.to_owned(),
-            });
+        let empty = Mapping::new();
+        let params = Params {
+            source: self,
+            driver,
+            map: params.unwrap_or(&empty),
+        };
+        match driver {
+            "filesystem" => {}
+            "s3" | "s3-aws" => return params.s3().map(StorageConfig::S3),
+            "azure" => return params.azure().map(StorageConfig::Azure),
+            "gcs" => return params.gcs().map(StorageConfig::Gcs),
+            _ => {
+                return Err(ConfigError::UnsupportedDriver {
+                    driver: driver.to_owned(),
+                });
+            }
         }
+        let params = Some(params.map).filter(|m| !m.is_empty());
         let root_directory = match params.and_then(|p| p.get("rootdirectory")) {
             None => DEFAULT_ROOT_DIRECTORY,
             Some(Value::String(root)) if !root.is_empty() => root,
@@ -359,6 +559,144 @@ impl Source<'_> {
             key: key.into(),
             expected,
         }
+    }
+}
+
+/// The parameters of one driver, read with the registry's types and key names.
+struct Params<'a> {
+    source: &'a Source<'a>,
+    driver: &'a str,
+    map: &'a Mapping,
+}
+
+impl Params<'_> {
+    fn key(&self, key: &str) -> String {
+        format!("storage.{}.{key}", self.driver)
+    }
+
+    /// A string parameter; numbers and booleans are taken as their text, as the registry's
+    /// `fmt.Sprint` does. Absent, null or empty → `None`.
+    fn string(&self, key: &str) -> Result<Option<String>, ConfigError> {
+        Ok(match self.map.get(key) {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) => Some(s.clone()).filter(|s| !s.is_empty()),
+            Some(Value::Number(n)) => Some(n.to_string()),
+            Some(Value::Bool(b)) => Some(b.to_string()),
+            Some(_) => return Err(self.source.ill_typed(self.key(key), "a string")),
+        })
+    }
+
+    fn required(&self, key: &str) -> Result<String, ConfigError> {
+        self.string(key)?.ok_or_else(|| ConfigError::Missing {
+            path: self.source.path.to_owned(),
+            overrides: self.source.overrides.clone(),
+            key: self.key(key),
+        })
+    }
+
+    fn secret(&self, key: &str) -> Result<Option<Secret>, ConfigError> {
+        Ok(self.string(key)?.map(Secret))
+    }
+
+    fn flag(&self, key: &str) -> Result<Option<bool>, ConfigError> {
+        match self.map.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::Bool(b)) => Ok(Some(*b)),
+            Some(Value::String(s)) if s.eq_ignore_ascii_case("true") => Ok(Some(true)),
+            Some(Value::String(s)) if s.eq_ignore_ascii_case("false") => Ok(Some(false)),
+            Some(_) => Err(self.source.ill_typed(self.key(key), "true or false")),
+        }
+    }
+
+    fn root(&self) -> Result<String, ConfigError> {
+        Ok(trim_root(
+            &self.string("rootdirectory")?.unwrap_or_default(),
+        ))
+    }
+
+    fn s3(&self) -> Result<S3Config, ConfigError> {
+        Ok(S3Config {
+            bucket: self.required("bucket")?,
+            region: self.string("region")?,
+            region_endpoint: self.string("regionendpoint")?,
+            force_path_style: self.flag("forcepathstyle")?,
+            secure: self.flag("secure")?.unwrap_or(true),
+            skip_verify: self.flag("skipverify")?.unwrap_or(false),
+            root_directory: self.root()?,
+            access_key: self.string("accesskey")?,
+            secret_key: self.secret("secretkey")?,
+            session_token: self.secret("sessiontoken")?,
+        })
+    }
+
+    fn azure(&self) -> Result<AzureConfig, ConfigError> {
+        let account_key = self.secret("accountkey")?;
+        let credentials = match self.map.get("credentials") {
+            None | Some(Value::Null) => None,
+            Some(Value::Mapping(map)) => Some(Params {
+                source: self.source,
+                driver: "azure.credentials",
+                map,
+            }),
+            Some(_) => return Err(self.source.ill_typed(self.key("credentials"), "a mapping")),
+        };
+        let kind = match &credentials {
+            Some(c) => c.string("type")?,
+            None => None,
+        };
+        let credentials = match (kind.as_deref(), &credentials) {
+            (Some("client_secret"), Some(c)) => AzureCredentials::ClientSecret {
+                client_id: c.required("clientid")?,
+                tenant_id: c.required("tenantid")?,
+                secret: Secret(c.required("secret")?),
+            },
+            (Some("default_credentials"), _) => AzureCredentials::DefaultCredentials,
+            (Some("shared_key"), _) if account_key.is_none() => {
+                return Err(ConfigError::Missing {
+                    path: self.source.path.to_owned(),
+                    overrides: self.source.overrides.clone(),
+                    key: self.key("accountkey"),
+                });
+            }
+            (Some("shared_key"), _) => AzureCredentials::SharedKey,
+            (Some(_), _) => {
+                return Err(self.source.ill_typed(
+                    "storage.azure.credentials.type",
+                    "one of shared_key, client_secret, default_credentials",
+                ));
+            }
+            (None, _) if account_key.is_some() => AzureCredentials::SharedKey,
+            (None, _) => AzureCredentials::DefaultCredentials,
+        };
+        Ok(AzureConfig {
+            account_name: self.required("accountname")?,
+            account_key,
+            container: self.required("container")?,
+            realm: self.string("realm")?,
+            service_url: self.string("serviceurl")?,
+            root_directory: self.root()?,
+            credentials,
+        })
+    }
+
+    fn gcs(&self) -> Result<GcsConfig, ConfigError> {
+        let credentials_json = match self.map.get("credentials") {
+            None | Some(Value::Null) => None,
+            Some(Value::Mapping(map)) => {
+                let json = serde_json::to_string(map).map_err(|_| {
+                    self.source
+                        .ill_typed(self.key("credentials"), "a service account mapping")
+                })?;
+                Some(Secret(json))
+            }
+            Some(_) => return Err(self.source.ill_typed(self.key("credentials"), "a mapping")),
+        };
+        Ok(GcsConfig {
+            bucket: self.required("bucket")?,
+            keyfile: self.string("keyfile")?.map(PathBuf::from),
+            credentials_json,
+            root_directory: self.root()?,
+        })
     }
 }
 
@@ -412,9 +750,18 @@ health:
         }
     }
 
-    fn unsupported(driver: &str) -> StorageConfig {
-        StorageConfig::Unsupported {
-            driver: driver.to_owned(),
+    fn s3(bucket: &str, root: &str) -> S3Config {
+        S3Config {
+            bucket: bucket.into(),
+            region: None,
+            region_endpoint: None,
+            force_path_style: None,
+            secure: true,
+            skip_verify: false,
+            root_directory: root.into(),
+            access_key: None,
+            secret_key: None,
+            session_token: None,
         }
     }
 
@@ -442,8 +789,8 @@ health:
     }
 
     #[test]
-    fn cloud_drivers_are_unsupported_by_name() {
-        let s3 = "\
+    fn s3_sections_of_2_8_and_3_x() {
+        let v2_8 = "\
 storage:
   cache: {blobdescriptor: redis}
   delete: {enabled: true}
@@ -455,19 +802,212 @@ storage:
   s3:
     region: us-east-1
     bucket: images
-    rootdirectory: /registry
+    rootdirectory: /registry/
+    accesskey: AKIAEXAMPLE
+    secretkey: wJalrXUtnFEMI
+    regionendpoint: minio.local:9000
+    secure: \"false\"
+    skipverify: true
+    v4auth: true
+    chunksize: 5242880
 ";
-        assert_eq!(parse(s3, &[]).unwrap(), unsupported("s3"));
-        let azure = "\
+        let StorageConfig::S3(config) = parse(v2_8, &[]).unwrap() else {
+            panic!("not s3")
+        };
+        assert_eq!(
+            config,
+            S3Config {
+                region: Some("us-east-1".into()),
+                region_endpoint: Some("minio.local:9000".into()),
+                secure: false,
+                skip_verify: true,
+                access_key: Some("AKIAEXAMPLE".into()),
+                secret_key: Some(Secret::new("wJalrXUtnFEMI")),
+                ..s3("images", "registry")
+            }
+        );
+        let debug = format!("{config:?}");
+        assert!(
+            !debug.contains("wJalrXUtnFEMI") && debug.contains("***"),
+            "{debug}"
+        );
+
+        let v3 =
+            "storage:\n  s3:\n    bucket: b\n    forcepathstyle: false\n    sessiontoken: tok\n";
+        let StorageConfig::S3(config) = parse(v3, &[]).unwrap() else {
+            panic!("not s3")
+        };
+        assert_eq!(config.force_path_style, Some(false));
+        assert_eq!(config.session_token, Some(Secret::new("tok")));
+        assert_eq!(config.root_directory, "");
+        // The registry's `s3-aws` alias.
+        assert!(matches!(
+            parse("storage:\n  s3-aws: {bucket: b}\n", &[]).unwrap(),
+            StorageConfig::S3(_)
+        ));
+    }
+
+    #[test]
+    fn s3_from_environment_only() {
+        let config = parse(
+            DEBIAN,
+            &[
+                ("REGISTRY_STORAGE", "s3"),
+                ("REGISTRY_STORAGE_S3_BUCKET", "from-env"),
+                ("REGISTRY_STORAGE_S3_REGION", "eu-west-1"),
+                ("REGISTRY_STORAGE_S3_FORCEPATHSTYLE", "true"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            config,
+            StorageConfig::S3(S3Config {
+                region: Some("eu-west-1".into()),
+                force_path_style: Some(true),
+                ..s3("from-env", "")
+            })
+        );
+    }
+
+    #[test]
+    fn azure_sections_and_credentials() {
+        let shared = "\
 storage:
   maintenance: {readonly: {enabled: true}}
   azure:
     accountname: acct
-    accountkey: a2V5
+    accountkey: a2V5c2VjcmV0
     container: registry
+    realm: core.chinacloudapi.cn
+    rootdirectory: /reg
   redirect: {disable: true}
 ";
-        assert_eq!(parse(azure, &[]).unwrap(), unsupported("azure"));
+        let expected = AzureConfig {
+            account_name: "acct".into(),
+            account_key: Some(Secret::new("a2V5c2VjcmV0")),
+            container: "registry".into(),
+            realm: Some("core.chinacloudapi.cn".into()),
+            service_url: None,
+            root_directory: "reg".into(),
+            credentials: AzureCredentials::SharedKey,
+        };
+        assert_eq!(
+            parse(shared, &[]).unwrap(),
+            StorageConfig::Azure(expected.clone())
+        );
+        let debug = format!("{:?}", parse(shared, &[]).unwrap());
+        assert!(!debug.contains("a2V5c2VjcmV0"), "{debug}");
+
+        // An account key from the environment, like a Kubernetes secret would give it.
+        let no_key = shared.replace("    accountkey: a2V5c2VjcmV0\n", "");
+        assert_eq!(
+            parse(
+                &no_key,
+                &[("REGISTRY_STORAGE_AZURE_ACCOUNTKEY", "a2V5c2VjcmV0")]
+            )
+            .unwrap(),
+            StorageConfig::Azure(expected.clone())
+        );
+        let StorageConfig::Azure(default) = parse(&no_key, &[]).unwrap() else {
+            panic!("not azure")
+        };
+        assert_eq!(default.credentials, AzureCredentials::DefaultCredentials);
+
+        let client_secret = "\
+storage:
+  azure:
+    accountname: acct
+    container: c
+    serviceurl: https://acct.blob.core.windows.net
+    credentials: {type: client_secret, clientid: cid, tenantid: tid, secret: s3cr3t}
+";
+        let StorageConfig::Azure(config) = parse(client_secret, &[]).unwrap() else {
+            panic!("not azure")
+        };
+        assert_eq!(
+            config.credentials,
+            AzureCredentials::ClientSecret {
+                client_id: "cid".into(),
+                tenant_id: "tid".into(),
+                secret: Secret::new("s3cr3t"),
+            }
+        );
+        assert_eq!(
+            config.service_url.as_deref(),
+            Some("https://acct.blob.core.windows.net")
+        );
+        assert!(!format!("{config:?}").contains("s3cr3t"));
+
+        let shared_without_key = "storage:\n  azure:\n    accountname: a\n    container: c\n    \
+                                  credentials: {type: shared_key}\n";
+        let err = parse(shared_without_key, &[]).unwrap_err();
+        assert!(
+            err.to_string().contains("storage.azure.accountkey"),
+            "{err}"
+        );
+        let unknown_type = "storage:\n  azure:\n    accountname: a\n    container: c\n    \
+                            credentials: {type: magic}\n";
+        let err = parse(unknown_type, &[]).unwrap_err();
+        assert!(err.to_string().contains("credentials.type"), "{err}");
+    }
+
+    #[test]
+    fn gcs_section() {
+        let text = "storage:\n  gcs:\n    bucket: b\n    keyfile: /etc/key.json\n    rootdirectory: r\n    \
+                    credentials: {type: service_account, private_key: PRIVATE}\n";
+        let StorageConfig::Gcs(config) = parse(text, &[]).unwrap() else {
+            panic!("not gcs")
+        };
+        assert_eq!(config.bucket, "b");
+        assert_eq!(config.keyfile, Some(PathBuf::from("/etc/key.json")));
+        assert_eq!(config.root_directory, "r");
+        let json = config.credentials_json.as_ref().unwrap().expose();
+        assert!(json.contains("\"private_key\":\"PRIVATE\""), "{json}");
+        assert!(!format!("{config:?}").contains("PRIVATE"));
+    }
+
+    #[test]
+    fn incomplete_or_ill_typed_object_store_sections_name_the_key() {
+        for (text, key) in [
+            ("storage:\n  s3:\n    region: r\n", "storage.s3.bucket"),
+            ("storage:\n  s3:\n    bucket: \"\"\n", "storage.s3.bucket"),
+            (
+                "storage:\n  azure:\n    container: c\n",
+                "storage.azure.accountname",
+            ),
+            (
+                "storage:\n  azure:\n    accountname: a\n",
+                "storage.azure.container",
+            ),
+            ("storage:\n  gcs: {}\n", "storage.gcs.bucket"),
+            (
+                "storage:\n  s3:\n    bucket: b\n    secure: maybe\n",
+                "storage.s3.secure",
+            ),
+            ("storage:\n  s3:\n    bucket: [b]\n", "storage.s3.bucket"),
+        ] {
+            let err = parse(text, &[]).unwrap_err();
+            let message = err.to_string();
+            assert!(
+                message.contains(key) && message.contains(ORIGIN),
+                "{text}: {message}"
+            );
+        }
+    }
+
+    #[test]
+    fn other_drivers_are_refused_by_name() {
+        for driver in ["inmemory", "swift", "oss"] {
+            let err = parse(&format!("storage:\n  {driver}: {{}}\n"), &[]).unwrap_err();
+            assert!(
+                matches!(&err, ConfigError::UnsupportedDriver { driver: d } if d == driver),
+                "{err:?}"
+            );
+            assert!(
+                err.to_string()
+                    .contains("supported: filesystem, s3, azure, gcs")
+            );
+        }
     }
 
     #[test]
@@ -531,7 +1071,12 @@ storage:
     #[test]
     fn env_bare_driver_name_replaces_storage() {
         let vars = [("REGISTRY_STORAGE", "s3")];
-        assert_eq!(parse(DEBIAN, &vars).unwrap(), unsupported("s3"));
+        // The file's filesystem section is gone: what is left is an s3 driver with no bucket.
+        let message = parse(DEBIAN, &vars).unwrap_err().to_string();
+        assert!(
+            message.contains("storage.s3.bucket") && message.contains("REGISTRY_STORAGE"),
+            "{message}"
+        );
     }
 
     #[test]
@@ -636,10 +1181,55 @@ storage:
         assert_eq!(ok("/var/lib/registry"), fs("/var/lib/registry"));
         assert_eq!(ok("./relative"), fs("./relative"));
         assert_eq!(ok("./odd:name"), fs("./odd:name"));
-        assert_eq!(ok("s3://bucket/root"), unsupported("s3"));
-        assert_eq!(ok("az://container"), unsupported("azure"));
-        assert_eq!(ok("azure://container/prefix"), unsupported("azure"));
-        assert_eq!(ok("gs://b"), unsupported("gcs"));
+        assert_eq!(
+            ok("s3://bucket/root/"),
+            StorageConfig::S3(s3("bucket", "root"))
+        );
+        assert_eq!(
+            ok(
+                "s3://b/r?endpoint=http%3A%2F%2F127.0.0.1%3A9000&region=us-east-1&force_path_style=true&skip_verify=true"
+            ),
+            StorageConfig::S3(S3Config {
+                region_endpoint: Some("http://127.0.0.1:9000".into()),
+                region: Some("us-east-1".into()),
+                force_path_style: Some(true),
+                skip_verify: true,
+                secure: false,
+                ..s3("b", "r")
+            })
+        );
+        let azure = |url| match ok(url) {
+            StorageConfig::Azure(config) => config,
+            other => panic!("{url}: {other:?}"),
+        };
+        let config = azure("az://container?account=acct");
+        assert_eq!(
+            (config.container.as_str(), config.root_directory.as_str()),
+            ("container", "")
+        );
+        assert_eq!(config.credentials, AzureCredentials::DefaultCredentials);
+        let config = azure("azure://c/pre/fix?account=a&endpoint=http://127.0.0.1:10000/a");
+        assert_eq!(config.root_directory, "pre/fix");
+        assert_eq!(
+            config.service_url.as_deref(),
+            Some("http://127.0.0.1:10000/a")
+        );
+        assert!(
+            matches!(ok("gs://b/x"), StorageConfig::Gcs(GcsConfig { ref bucket, ref root_directory, .. }) if bucket == "b" && root_directory == "x")
+        );
+        for (url, needle) in [
+            ("az://container", "account"),
+            ("s3://b?colour=blue", "colour"),
+            ("s3://b?force_path_style=yes", "force_path_style"),
+            ("gs://b?region=x", "region"),
+        ] {
+            let err = parse_storage_url(url).unwrap_err();
+            assert!(
+                matches!(err, ConfigError::StorageUrlParameter { .. }),
+                "{url}: {err:?}"
+            );
+            assert!(err.to_string().contains(needle), "{err}");
+        }
         for url in [
             "ftp://x",
             "file://relative-host/x",

@@ -4,9 +4,8 @@ mod cli;
 
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
-use std::sync::Arc;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
@@ -14,8 +13,7 @@ use cli::{Cli, Command, GcArgs, LogFormat, OutputFormat};
 use regsweep::config::{self, StorageConfig};
 use regsweep::gc::{Collection, GcOptions};
 use regsweep::restart::run_restart_command;
-use regsweep::storage::Storage;
-use regsweep::storage::local::LocalStorage;
+use regsweep::storage::{self, requests::RequestCounter};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -54,8 +52,8 @@ fn init_logging(format: LogFormat, quiet: bool) {
     }
 }
 
-fn open_storage(args: &GcArgs) -> Result<Arc<dyn Storage>> {
-    let storage_config = match (&args.config, &args.storage) {
+fn storage_config(args: &GcArgs) -> Result<StorageConfig> {
+    Ok(match (&args.config, &args.storage) {
         (Some(path), _) => {
             // `vars()` panics on a non-UTF-8 variable; the registry's own variables are UTF-8.
             let env = std::env::vars_os().filter_map(|(key, value)| {
@@ -65,25 +63,13 @@ fn open_storage(args: &GcArgs) -> Result<Arc<dyn Storage>> {
         }
         (None, Some(url)) => config::parse_storage_url(url)?,
         (None, None) => unreachable!("clap requires CONFIG or --storage"),
-    };
-    match storage_config {
-        StorageConfig::Filesystem { root_directory } => {
-            let storage = LocalStorage::open(&root_directory).with_context(|| {
-                format!(
-                    "cannot open the filesystem storage root {}",
-                    root_directory.display()
-                )
-            })?;
-            Ok(Arc::new(storage))
-        }
-        StorageConfig::Unsupported { driver } => {
-            bail!("the `{driver}` storage driver is not supported yet (supported: filesystem)")
-        }
-    }
+    })
 }
 
 async fn gc(args: GcArgs, quiet: bool) -> Result<ExitCode> {
-    let storage = open_storage(&args)?;
+    let counter = RequestCounter::default();
+    let storage = storage::open(&storage_config(&args)?, &counter)
+        .context("cannot open the registry's storage")?;
     let options = GcOptions {
         dry_run: args.dry_run,
         delete_untagged: args.delete_untagged,
@@ -133,6 +119,7 @@ async fn gc(args: GcArgs, quiet: bool) -> Result<ExitCode> {
         summary.restart = Some(outcome);
     }
 
+    summary.requests = counter.snapshot();
     match args.format {
         OutputFormat::Json => {
             serde_json::to_writer(std::io::stdout().lock(), &summary)?;

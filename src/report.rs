@@ -9,6 +9,7 @@ use serde::Serialize;
 use crate::plan::{Deletion, Kind, SweepPlan};
 use crate::restart::RestartOutcome;
 use crate::scan::Inventory;
+use crate::storage::requests::Requests;
 
 /// What a run found and what it deleted (in a dry run: what it would delete).
 #[derive(Debug, Default, Clone, Serialize, PartialEq)]
@@ -43,6 +44,9 @@ pub struct Summary {
     pub warnings: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub restart: Option<RestartOutcome>,
+    /// Requests sent to the storage, by kind (on a filesystem: directory reads, file reads,
+    /// unlinks).
+    pub requests: Requests,
     pub duration_seconds: f64,
 }
 
@@ -171,6 +175,18 @@ impl fmt::Display for Summary {
         if let Some(restart) = &self.restart {
             writeln!(f, "restart command: {}", restart.status)?;
         }
-        write!(f, "{} errors, {:.1} s", self.errors, self.duration_seconds)
+        let r = &self.requests;
+        write!(
+            f,
+            "{} errors, {:.1} s, {} requests ({} list, {} get, {} head, {} delete, {} other)",
+            self.errors,
+            self.duration_seconds,
+            r.total(),
+            r.list,
+            r.get,
+            r.head,
+            r.delete,
+            r.other
+        )
     }
 }

@@ -402,7 +402,8 @@ mod tests {
         fs::create_dir_all(root.join(layout::REPOSITORIES).join("empty/_layers")).unwrap();
         fs::create_dir_all(root.join(layout::REPOSITORIES).join("namespace")).unwrap();
 
-        let storage: Arc<dyn Storage> = Arc::new(LocalStorage::open(root).unwrap());
+        let storage: Arc<dyn Storage> =
+            Arc::new(LocalStorage::open(root, &Default::default()).unwrap());
         let inventory = scan(&storage, 4).await.unwrap();
 
         assert_eq!(inventory.blobs.len(), 2);
@@ -438,7 +439,8 @@ mod tests {
     async fn refuses_a_root_that_is_no_registry() {
         let dir = tempfile::tempdir().unwrap();
         fs::write(dir.path().join("file"), "x").unwrap();
-        let storage: Arc<dyn Storage> = Arc::new(LocalStorage::open(dir.path()).unwrap());
+        let storage: Arc<dyn Storage> =
+            Arc::new(LocalStorage::open(dir.path(), &Default::default()).unwrap());
         let err = scan(&storage, 4).await.unwrap_err();
         assert!(matches!(err, ScanError::NotARegistry { .. }), "{err}");
     }

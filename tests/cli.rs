@@ -282,17 +282,17 @@ fn config_errors_are_clear() {
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).contains(missing.to_str().unwrap()));
 
-    let s3 = dir.path().join("s3.yml");
+    let swift = dir.path().join("swift.yml");
     fs::write(
-        &s3,
-        "version: 0.1\nstorage:\n  s3:\n    bucket: b\n    region: us-east-1\n  delete:\n    enabled: true\n",
+        &swift,
+        "version: 0.1\nstorage:\n  swift:\n    container: c\n",
     )
     .unwrap();
-    let out = regsweep(&["gc", s3.to_str().unwrap()]);
+    let out = regsweep(&["gc", swift.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
     let stderr = text(&out.stderr);
     assert!(
-        stderr.contains("s3") && stderr.contains("not supported yet"),
+        stderr.contains("swift") && stderr.contains("not supported"),
         "{stderr}"
     );
 

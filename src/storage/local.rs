@@ -16,6 +16,7 @@ use futures::future::BoxFuture;
 use futures::stream::{self, BoxStream, StreamExt};
 use tokio::sync::mpsc;
 
+use super::requests::{RequestCounter, RequestKind};
 use super::{Listing, ObjectMeta, Storage, StorageError};
 
 /// Objects sent through the listing channel at a time: amortises the hand-off between threads.
@@ -25,12 +26,14 @@ const LIST_CHUNK: usize = 512;
 #[derive(Debug, Clone)]
 pub struct LocalStorage {
     root: Arc<PathBuf>,
+    /// Directory reads count as `list`, file reads as `get`, unlinks as `delete`.
+    counter: RequestCounter,
 }
 
 impl LocalStorage {
     /// Opens `root`, which must be an existing directory (a symlink to one is fine: it is the
     /// operator's choice of root, not something found inside the storage).
-    pub fn open(root: &Path) -> Result<LocalStorage, StorageError> {
+    pub fn open(root: &Path, counter: &RequestCounter) -> Result<LocalStorage, StorageError> {
         let key = root.display().to_string();
         let meta = fs::metadata(root).map_err(|source| io_error(&key, source))?;
         if !meta.is_dir() {
@@ -41,6 +44,7 @@ impl LocalStorage {
         }
         Ok(LocalStorage {
             root: Arc::new(root.to_path_buf()),
+            counter: counter.clone(),
         })
     }
 
@@ -101,7 +105,12 @@ enum Entry {
     Dir(String),
 }
 
-fn read_dir(root: &Path, dir_key: &str) -> Result<Vec<Entry>, StorageError> {
+fn read_dir(
+    root: &Path,
+    dir_key: &str,
+    counter: &RequestCounter,
+) -> Result<Vec<Entry>, StorageError> {
+    counter.add(RequestKind::List, 1);
     let path = root.join(dir_key.trim_end_matches('/'));
     let entries = match fs::read_dir(&path) {
         Ok(entries) => entries,
@@ -129,11 +138,16 @@ fn read_dir(root: &Path, dir_key: &str) -> Result<Vec<Entry>, StorageError> {
 
 /// Walks `prefix` depth-first, sending objects (and empty directories, `prefix` included, as `…/`
 /// keys) in chunks.
-fn walk(root: &Path, prefix: &str, tx: &mpsc::Sender<Result<Vec<ObjectMeta>, StorageError>>) {
+fn walk(
+    root: &Path,
+    prefix: &str,
+    counter: &RequestCounter,
+    tx: &mpsc::Sender<Result<Vec<ObjectMeta>, StorageError>>,
+) {
     let mut chunk = Vec::with_capacity(LIST_CHUNK);
     let mut pending = vec![prefix.to_owned()];
     while let Some(dir_key) = pending.pop() {
-        let entries = match read_dir(root, &dir_key) {
+        let entries = match read_dir(root, &dir_key, counter) {
             Ok(entries) => entries,
             Err(e) => {
                 let _ = tx.blocking_send(Err(e));
@@ -204,7 +218,8 @@ impl Storage for LocalStorage {
         let (tx, rx) = mpsc::channel(8);
         let root = Arc::clone(&self.root);
         let prefix = prefix.to_owned();
-        tokio::task::spawn_blocking(move || walk(&root, &prefix, &tx));
+        let counter = self.counter.clone();
+        tokio::task::spawn_blocking(move || walk(&root, &prefix, &counter, &tx));
         stream::unfold(rx, |mut rx| async move {
             rx.recv().await.map(|chunk| (chunk, rx))
         })
@@ -221,9 +236,10 @@ impl Storage for LocalStorage {
     fn list_dir(&self, prefix: &str) -> BoxFuture<'_, Result<Listing, StorageError>> {
         let root = Arc::clone(&self.root);
         let prefix = prefix.to_owned();
+        let counter = self.counter.clone();
         Box::pin(blocking(move || {
             let mut listing = Listing::default();
-            for entry in read_dir(&root, &prefix)? {
+            for entry in read_dir(&root, &prefix, &counter)? {
                 match entry {
                     Entry::File(meta) => listing.objects.push(meta),
                     Entry::Dir(key) => listing.prefixes.push(key),
@@ -236,6 +252,7 @@ impl Storage for LocalStorage {
     fn get(&self, key: &str) -> BoxFuture<'_, Result<Vec<u8>, StorageError>> {
         let path = self.path(key);
         let key = key.to_owned();
+        self.counter.add(RequestKind::Get, 1);
         Box::pin(blocking(move || {
             let meta = fs::symlink_metadata(&path).map_err(|e| io_error(&key, e))?;
             if meta.file_type().is_symlink() {
@@ -247,6 +264,7 @@ impl Storage for LocalStorage {
 
     fn delete(&self, keys: Vec<String>) -> BoxFuture<'_, Vec<Result<(), StorageError>>> {
         let root = Arc::clone(&self.root);
+        self.counter.add(RequestKind::Delete, keys.len() as u64);
         Box::pin(blocking(move || {
             keys.iter().map(|key| delete_one(&root, key)).collect()
         }))
@@ -307,7 +325,7 @@ mod tests {
         write(dir.path(), "a/b/c", "123");
         write(dir.path(), "a/d", "");
         fs::create_dir_all(dir.path().join("a/empty/deeper")).unwrap();
-        let storage = LocalStorage::open(dir.path()).unwrap();
+        let storage = LocalStorage::open(dir.path(), &RequestCounter::default()).unwrap();
         assert_eq!(
             keys(&storage, "a/").await,
             ["a/b/c", "a/d", "a/empty/deeper/"]
@@ -326,7 +344,7 @@ mod tests {
         write(outside.path(), "precious", "x");
         fs::create_dir_all(dir.path().join("a")).unwrap();
         std::os::unix::fs::symlink(outside.path(), dir.path().join("a/link")).unwrap();
-        let storage = LocalStorage::open(dir.path()).unwrap();
+        let storage = LocalStorage::open(dir.path(), &RequestCounter::default()).unwrap();
         let err = storage
             .list("a/")
             .try_collect::<Vec<_>>()
@@ -343,7 +361,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         write(dir.path(), "x/y/file", "1");
         fs::create_dir_all(dir.path().join("x/empty")).unwrap();
-        let storage = LocalStorage::open(dir.path()).unwrap();
+        let storage = LocalStorage::open(dir.path(), &RequestCounter::default()).unwrap();
         let results = storage
             .delete(vec!["x/y/file".into(), "x/gone".into(), "x/".into()])
             .await;

@@ -11,13 +11,35 @@
 //! filesystem) or a directory-marker object (on object stores); both carry no data.
 
 pub mod local;
+pub mod object;
+pub mod requests;
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use futures::future::BoxFuture;
 use futures::stream::BoxStream;
 use thiserror::Error;
+
+use crate::config::StorageConfig;
+use requests::RequestCounter;
+
+/// Opens the backend a storage configuration names; object-store backends count their requests
+/// into `counter`.
+pub fn open(
+    config: &StorageConfig,
+    counter: &RequestCounter,
+) -> Result<Arc<dyn Storage>, StorageError> {
+    Ok(match config {
+        StorageConfig::Filesystem { root_directory } => {
+            Arc::new(local::LocalStorage::open(root_directory, counter)?)
+        }
+        StorageConfig::S3(s3) => Arc::new(object::ObjectStorage::s3(s3, counter)?),
+        StorageConfig::Azure(azure) => Arc::new(object::ObjectStorage::azure(azure, counter)?),
+        StorageConfig::Gcs(gcs) => Arc::new(object::ObjectStorage::gcs(gcs, counter)?),
+    })
+}
 
 /// One stored object, as a listing reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,6 +79,14 @@ pub enum StorageError {
     NonUtf8Name { key: String },
     #[error("{key}: is a symbolic link; regsweep does not follow or delete links")]
     Symlink { key: String },
+    #[error("{key}: {source}")]
+    ObjectStore {
+        key: String,
+        #[source]
+        source: object_store::Error,
+    },
+    #[error("{key}: delete failed: {reason}")]
+    DeleteFailed { key: String, reason: String },
 }
 
 /// What a backend does for the collector.

@@ -94,6 +94,31 @@ pub fn rfc3339(t: SystemTime) -> String {
     )
 }
 
+/// `t` as an HTTP date (RFC 1123, `Thu, 29 Feb 2024 12:34:56 GMT`), as Azure's `x-ms-date`
+/// header wants it.
+pub fn http_date(t: SystemTime) -> String {
+    const WEEKDAYS: [&str; 7] = ["Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"];
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let secs = t
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+        .as_secs();
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    let (y, m, d) = civil_from_days(days);
+    // 1970-01-01 was a Thursday.
+    let weekday = WEEKDAYS[((days + 4) % 7) as usize];
+    format!(
+        "{weekday}, {d:02} {} {y:04} {:02}:{:02}:{:02} GMT",
+        MONTHS[m as usize - 1],
+        rem / 3600,
+        (rem / 60) % 60,
+        rem % 60
+    )
+}
+
 /// Howard Hinnant's days-since-epoch → (year, month, day).
 fn civil_from_days(z: i64) -> (i64, u32, u32) {
     let z = z + 719_468;
@@ -117,5 +142,7 @@ mod tests {
         assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00Z");
         let t = UNIX_EPOCH + Duration::from_secs(1_709_210_096); // 2024-02-29T12:34:56Z
         assert_eq!(rfc3339(t), "2024-02-29T12:34:56Z");
+        assert_eq!(http_date(t), "Thu, 29 Feb 2024 12:34:56 GMT");
+        assert_eq!(http_date(UNIX_EPOCH), "Thu, 01 Jan 1970 00:00:00 GMT");
     }
 }

@@ -1,5 +1,6 @@
-//! The real registry (`docker-registry serve`) as a child process on a free loopback port, and its
-//! official garbage collector.
+//! The real registry (`docker-registry serve`) as a child process on a free loopback port, on
+//! filesystem storage or on S3 (a `moto_server`, see [`super::s3`]), and its official garbage
+//! collector.
 
 use std::collections::BTreeSet;
 use std::fs::{self, OpenOptions};
@@ -16,14 +17,29 @@ pub const DEFAULT_REGISTRY_BIN: &str = "/usr/bin/docker-registry";
 /// Overrides the registry binary.
 pub const REGISTRY_BIN_ENV: &str = "REGSWEEP_TEST_REGISTRY_BIN";
 
+/// `storage.s3.rootdirectory` of an S3 registry: not empty, so that the collector under test must
+/// handle a root prefix (the registry's keys are `registry/docker/registry/v2/...`).
+pub const S3_ROOT_DIRECTORY: &str = "/registry";
+
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// A registry serving `dir/storage` on `127.0.0.1:<port>`. Dropping it kills the process.
+/// Where a registry keeps its content.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Storage {
+    /// `storage.filesystem` in `<dir>/storage`.
+    Filesystem,
+    /// `storage.s3` in `bucket` of the S3 server at `endpoint`, under [`S3_ROOT_DIRECTORY`].
+    S3 { endpoint: String, bucket: String },
+}
+
+/// A registry on `127.0.0.1:<port>`, configured by `dir/config.yml`, serving `dir/storage` or an
+/// S3 bucket. Dropping it kills the process.
 #[derive(Debug)]
 pub struct Registry {
     dir: PathBuf,
     bin: PathBuf,
     port: u16,
+    storage: Storage,
     child: Option<Child>,
 }
 
@@ -58,7 +74,9 @@ pub fn registry_binary() -> PathBuf {
     );
 }
 
-fn free_port() -> u16 {
+/// A port that was free a moment ago (another process may take it before the caller binds it:
+/// callers retry).
+pub fn free_port() -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
     listener.local_addr().expect("local addr").port()
 }
@@ -68,12 +86,42 @@ fn yaml_quote(s: &str) -> String {
     format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
 }
 
+/// Keeps the environment from changing the registry under test: `REGISTRY_*` variables override
+/// its config, and `AWS_*` ones reach its S3 driver (which panics on `AWS_CA_BUNDLE`, and would
+/// pick up credentials, regions or profiles that are not the test's).
+fn scrub_environment(command: &mut Command) {
+    for (key, _) in std::env::vars_os() {
+        let key_text = key.to_string_lossy();
+        if key_text.starts_with("REGISTRY_") || key_text.starts_with("AWS_") {
+            command.env_remove(&key);
+        }
+    }
+}
+
 impl Registry {
     /// Writes `dir/config.yml` (filesystem storage in `dir/storage`, deletes enabled, in-memory
     /// blob descriptor cache, upload purging disabled so that the registry never races the tests
     /// on `_uploads`), starts the registry on a free port, logging to `dir/registry.log`, and waits
     /// until `GET /v2/` answers 200.
     pub fn start(dir: &Path) -> Registry {
+        Registry::start_with(dir, Storage::Filesystem)
+    }
+
+    /// Like [`Registry::start`], on S3: `bucket` (which must exist) of the S3 server at `endpoint`
+    /// (`http://127.0.0.1:<port>`, e.g. [`super::s3::MotoServer::endpoint`]), under
+    /// [`S3_ROOT_DIRECTORY`], with access key `test`/`test`, region `us-east-1`, path-style
+    /// requests and redirects disabled (blobs are served by the registry, not by S3 URLs).
+    pub fn start_s3(dir: &Path, endpoint: &str, bucket: &str) -> Registry {
+        Registry::start_with(
+            dir,
+            Storage::S3 {
+                endpoint: endpoint.trim_end_matches('/').to_owned(),
+                bucket: bucket.to_owned(),
+            },
+        )
+    }
+
+    fn start_with(dir: &Path, storage: Storage) -> Registry {
         fs::create_dir_all(dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
         let dir = dir
             .canonicalize()
@@ -82,9 +130,12 @@ impl Registry {
             bin: registry_binary(),
             dir,
             port: 0,
+            storage,
             child: None,
         };
-        fs::create_dir_all(registry.storage_root()).expect("create the storage root");
+        if registry.storage == Storage::Filesystem {
+            fs::create_dir_all(registry.storage_root()).expect("create the storage root");
+        }
         // Another process may grab the port between our probe and the registry's bind: retry.
         for attempt in 1..=5 {
             registry.port = free_port();
@@ -99,13 +150,29 @@ impl Registry {
     }
 
     fn write_config(&self) {
+        let driver = match &self.storage {
+            Storage::Filesystem => format!(
+                "  filesystem:\n    rootdirectory: {root}\n",
+                root = yaml_quote(&self.storage_root().to_string_lossy()),
+            ),
+            // `secure: false` for moto's plain HTTP; `chunksize` is the driver's minimum (5 MiB),
+            // so the small test blobs are written with single PUTs, not multipart uploads.
+            Storage::S3 { endpoint, bucket } => format!(
+                "  s3:\n    accesskey: test\n    secretkey: test\n    region: us-east-1\n    \
+                 regionendpoint: {endpoint}\n    bucket: {bucket}\n    rootdirectory: {root}\n    \
+                 secure: false\n    v4auth: true\n    chunksize: 5242880\n  \
+                 redirect:\n    disable: true\n",
+                endpoint = yaml_quote(endpoint),
+                bucket = yaml_quote(bucket),
+                root = yaml_quote(S3_ROOT_DIRECTORY),
+            ),
+        };
         let config = format!(
             "version: 0.1\n\
              log:\n  level: warn\n  formatter: text\n\
-             storage:\n  filesystem:\n    rootdirectory: {root}\n  delete:\n    enabled: true\n  \
+             storage:\n{driver}  delete:\n    enabled: true\n  \
              cache:\n    blobdescriptor: inmemory\n  maintenance:\n    uploadpurging:\n      enabled: false\n\
              http:\n  addr: 127.0.0.1:{port}\n  secret: regsweep-test-secret\n",
-            root = yaml_quote(&self.storage_root().to_string_lossy()),
             port = self.port,
         );
         fs::write(self.config_path(), config).expect("write config.yml");
@@ -125,12 +192,7 @@ impl Registry {
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log_err);
-        // REGISTRY_* variables override the config: keep the environment from changing the test.
-        for (key, _) in std::env::vars_os() {
-            if key.to_string_lossy().starts_with("REGISTRY_") {
-                command.env_remove(key);
-            }
-        }
+        scrub_environment(&mut command);
         let child = command
             .spawn()
             .unwrap_or_else(|e| panic!("spawn {} serve: {e}", self.bin.display()));
@@ -230,14 +292,38 @@ impl Registry {
         self.dir.join("registry.log")
     }
 
-    /// `storage.filesystem.rootdirectory`.
+    /// Where this registry keeps its content.
+    pub fn storage(&self) -> &Storage {
+        &self.storage
+    }
+
+    /// `storage.filesystem.rootdirectory`. Filesystem registries only: panics on S3 (see
+    /// [`Registry::s3_v2_prefix`], and download the bucket to look at the tree).
     pub fn storage_root(&self) -> PathBuf {
+        assert!(
+            self.storage == Storage::Filesystem,
+            "storage_root() of a registry on {:?}: only filesystem registries have one",
+            self.storage
+        );
         self.dir.join("storage")
     }
 
-    /// `<rootdirectory>/docker/registry/v2`.
+    /// `<rootdirectory>/docker/registry/v2`. Filesystem registries only: panics on S3.
     pub fn v2_root(&self) -> PathBuf {
         self.storage_root().join("docker/registry/v2")
+    }
+
+    /// The key prefix of `<rootdirectory>/docker/registry/v2/` in the bucket of an S3 registry:
+    /// `registry/docker/registry/v2/`. Panics on a filesystem registry.
+    pub fn s3_v2_prefix(&self) -> String {
+        assert!(
+            matches!(self.storage, Storage::S3 { .. }),
+            "s3_v2_prefix() of a filesystem registry"
+        );
+        format!(
+            "{}/docker/registry/v2/",
+            S3_ROOT_DIRECTORY.trim_matches('/')
+        )
     }
 
     /// The last `lines` lines of the registry's log.
@@ -264,11 +350,7 @@ impl Registry {
             command.arg("--delete-untagged");
         }
         command.arg(self.config_path()).stdin(Stdio::null());
-        for (key, _) in std::env::vars_os() {
-            if key.to_string_lossy().starts_with("REGISTRY_") {
-                command.env_remove(key);
-            }
-        }
+        scrub_environment(&mut command);
         let output = command
             .output()
             .unwrap_or_else(|e| panic!("run {} garbage-collect: {e}", self.bin.display()));

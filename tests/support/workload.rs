@@ -15,6 +15,7 @@ use super::client::{
 use super::content::{ContentGen, digest_of, rfc3339};
 use super::model::{ManifestInfo, Model, UploadRecord};
 use super::registry::Registry;
+use super::s3::MotoServer;
 
 /// Smallest and largest generated layer.
 pub const LAYER_MIN: usize = 300;
@@ -47,7 +48,8 @@ pub struct Pushed {
 /// Pushes content through `client` and records it in `model`.
 pub struct Workload<'a> {
     client: &'a Client,
-    v2_root: PathBuf,
+    /// `None` when the storage is not a local filesystem (S3): uploads cannot be backdated.
+    v2_root: Option<PathBuf>,
     content: ContentGen,
     /// Bytes of everything pushed, to re-upload or re-tag.
     bytes: BTreeMap<String, Vec<u8>>,
@@ -55,11 +57,12 @@ pub struct Workload<'a> {
 }
 
 impl<'a> Workload<'a> {
-    /// `v2_root` is needed to backdate abandoned uploads.
-    pub fn new(client: &'a Client, v2_root: &Path, seed: &str) -> Workload<'a> {
+    /// `v2_root` (of a filesystem registry) is needed to backdate abandoned uploads; without it
+    /// (`None`, a registry on S3) every abandoned upload is left fresh.
+    pub fn new(client: &'a Client, v2_root: Option<&Path>, seed: &str) -> Workload<'a> {
         Workload {
             client,
-            v2_root: v2_root.to_owned(),
+            v2_root: v2_root.map(Path::to_owned),
             content: ContentGen::new(seed),
             bytes: BTreeMap::new(),
             model: Model::default(),
@@ -372,31 +375,36 @@ impl<'a> Workload<'a> {
 
     /// Starts an upload in `repo`, sends one chunk and abandons it. With `backdate_hours > 0`
     /// every file and directory under `_uploads/<uuid>/` gets that much older, and `startedat`
-    /// is rewritten to match, as if the upload had been abandoned that long ago.
+    /// is rewritten to match, as if the upload had been abandoned that long ago. Without a
+    /// `v2_root` (S3) the upload is left fresh and recorded with `backdated_hours: 0`: object
+    /// timestamps cannot be changed through the S3 API.
     pub fn abandoned_upload(&mut self, repo: &str, backdate_hours: u64) -> String {
         self.repo(repo);
         let bytes = self.content.next_bytes(LAYER_MIN, LAYER_MAX);
         let uuid = self.client.start_abandoned_upload(repo, &bytes);
-        let dir = self
-            .v2_root
-            .join("repositories")
-            .join(repo)
-            .join("_uploads")
-            .join(&uuid);
-        assert!(dir.is_dir(), "upload directory {} missing", dir.display());
-        if backdate_hours > 0 {
-            let when = SystemTime::now() - Duration::from_secs(backdate_hours * 3600);
-            let startedat = dir.join("startedat");
-            if startedat.is_file() {
-                fs::write(&startedat, rfc3339(when)).expect("rewrite startedat");
+        let mut backdated_hours = 0;
+        if let Some(v2_root) = &self.v2_root {
+            let dir = v2_root
+                .join("repositories")
+                .join(repo)
+                .join("_uploads")
+                .join(&uuid);
+            assert!(dir.is_dir(), "upload directory {} missing", dir.display());
+            if backdate_hours > 0 {
+                let when = SystemTime::now() - Duration::from_secs(backdate_hours * 3600);
+                let startedat = dir.join("startedat");
+                if startedat.is_file() {
+                    fs::write(&startedat, rfc3339(when)).expect("rewrite startedat");
+                }
+                backdate_tree(&dir, when);
+                backdated_hours = backdate_hours;
             }
-            backdate_tree(&dir, when);
         }
         self.model.uploads.push(UploadRecord {
             repo: repo.to_owned(),
             uuid: uuid.clone(),
             bytes: bytes.len() as u64,
-            backdated_hours: backdate_hours,
+            backdated_hours,
         });
         uuid
     }
@@ -428,7 +436,11 @@ pub fn backdate_tree(dir: &Path, when: SystemTime) {
 
 /// The standard workload (about 200 blobs, 7 repositories). Every case a collector must get right
 /// is here; see the comments for what each step is for.
-pub fn standard_workload(client: &Client, v2_root: &Path) -> Model {
+///
+/// `v2_root` is the filesystem storage's `docker/registry/v2`, through which one abandoned upload
+/// is made stale; `None` for a registry on S3, where every upload stays fresh (see
+/// [`Workload::abandoned_upload`]).
+pub fn standard_workload(client: &Client, v2_root: Option<&Path>) -> Model {
     let mut w = Workload::new(client, v2_root, "regsweep standard workload v1");
     use Format::{Docker, Oci};
 
@@ -709,9 +721,29 @@ impl Fixture {
     pub fn build_in(dir: &Path) -> Fixture {
         let registry = Registry::start(dir);
         let client = registry.client();
-        let model = standard_workload(&client, &registry.v2_root());
+        let model = standard_workload(&client, Some(&registry.v2_root()));
         Fixture {
             tempdir: None,
+            registry,
+            client,
+            model,
+        }
+    }
+
+    /// A registry on S3 — `bucket` (which must exist) of `moto`, under
+    /// [`super::registry::S3_ROOT_DIRECTORY`] — configured in a new temporary directory, with the
+    /// standard workload pushed (every abandoned upload fresh). The registry is left running;
+    /// [`Fixture::v2_root`] panics: download the bucket's [`Registry::s3_v2_prefix`] instead.
+    pub fn build_s3(moto: &MotoServer, bucket: &str) -> Fixture {
+        let tempdir = tempfile::Builder::new()
+            .prefix("regsweep-e2e-s3-")
+            .tempdir()
+            .expect("create a temporary directory");
+        let registry = Registry::start_s3(tempdir.path(), &moto.endpoint(), bucket);
+        let client = registry.client();
+        let model = standard_workload(&client, None);
+        Fixture {
+            tempdir: Some(tempdir),
             registry,
             client,
             model,
@@ -722,6 +754,7 @@ impl Fixture {
         self.registry.dir()
     }
 
+    /// The filesystem storage's `docker/registry/v2`; panics for [`Fixture::build_s3`].
     pub fn v2_root(&self) -> PathBuf {
         self.registry.v2_root()
     }

@@ -1,0 +1,240 @@
+//! End-to-end tests of `regsweep gc` on object storage: S3 (a real S3 server, `moto_server`, behind
+//! the real registry's S3 driver) and Azure Blob (Azurite, loaded with a tree the real registry
+//! wrote). After each collection the registry is restarted and every surviving tag is pulled.
+
+pub mod support;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::path::Path;
+
+use support::Fixture;
+use support::azurite::Azurite;
+use support::fault_proxy::FaultProxy;
+use support::model::Model;
+use support::run::{RunOutput, field_u64};
+use support::s3::MotoServer;
+use support::storage::{
+    dangling_links, repository_dirs, storage_blobs, storage_revisions, storage_tags, upload_dirs,
+};
+use support::{run_regsweep, verify_gone, verify_pulls};
+
+const BUCKET: &str = "registry";
+/// The registry's `rootdirectory` in the S3 fixture.
+const S3_ROOT: &str = "registry";
+
+fn regsweep(args: &[&str]) -> RunOutput {
+    run_regsweep(Path::new(env!("CARGO_BIN_EXE_regsweep")), args)
+}
+
+fn non_empty<V>(map: BTreeMap<String, BTreeSet<V>>) -> BTreeMap<String, BTreeSet<V>> {
+    map.into_iter().filter(|(_, v)| !v.is_empty()).collect()
+}
+
+/// The objects left under `v2` (a downloaded copy) are exactly what the model keeps.
+fn assert_exactly_the_live_set(v2: &Path, model: &Model, uploads: BTreeSet<(String, String)>) {
+    let expected = model.expected_live_blobs(true);
+    let actual = storage_blobs(v2);
+    let lost: Vec<_> = expected.difference(&actual).collect();
+    let left: Vec<_> = actual.difference(&expected).collect();
+    assert!(
+        lost.is_empty(),
+        "LIVE BLOBS DELETED:\n{}",
+        model.explain_all(lost)
+    );
+    assert!(
+        left.is_empty(),
+        "garbage left:\n{}",
+        model.explain_all(left)
+    );
+    assert_eq!(
+        non_empty(storage_revisions(v2)),
+        non_empty(model.expected_revisions(true)),
+        "revision links"
+    );
+    assert_eq!(storage_tags(v2), model.surviving_tags(), "tags");
+    assert_eq!(dangling_links(v2), Vec::<String>::new(), "dangling links");
+    assert_eq!(
+        repository_dirs(v2),
+        model.repos_that_must_stay(true),
+        "repositories"
+    );
+    assert_eq!(upload_dirs(v2), uploads, "uploads");
+}
+
+fn all_uploads(model: &Model) -> BTreeSet<(String, String)> {
+    model
+        .uploads
+        .iter()
+        .map(|u| (u.repo.clone(), u.uuid.clone()))
+        .collect()
+}
+
+/// The registry's config with its S3 endpoint replaced (to go through a proxy).
+fn config_with_endpoint(f: &Fixture, moto: &MotoServer, endpoint: &str) -> String {
+    let text = fs::read_to_string(f.registry.config_path()).unwrap();
+    assert!(text.contains(&moto.endpoint()), "{text}");
+    let path = f.dir().join("through-proxy.yml");
+    fs::write(&path, text.replace(&moto.endpoint(), endpoint)).unwrap();
+    path.to_string_lossy().into_owned()
+}
+
+#[test]
+fn s3_collection_through_the_registry_config_keeps_exactly_the_live_set() {
+    let moto = MotoServer::start();
+    moto.create_bucket(BUCKET);
+    let mut f = Fixture::build_s3(&moto, BUCKET);
+    f.registry.stop();
+    let config = f.registry.config_path().to_string_lossy().into_owned();
+
+    // A dry run: the summary counts exactly the requests the server saw.
+    let mark = moto.log_mark();
+    let dry = regsweep(&[
+        "gc",
+        &config,
+        "-m",
+        "--min-age",
+        "0s",
+        "--dry-run",
+        "--format",
+        "json",
+    ]);
+    dry.assert_success();
+    let seen = moto.requests_since(mark);
+    let planned = dry.json();
+    for kind in ["list", "get", "head", "delete"] {
+        assert_eq!(
+            planned["requests"][kind].as_u64(),
+            Some(seen.get(kind).copied().unwrap_or(0)),
+            "requests.{kind}: the server saw {seen:?}\n{}",
+            dry.describe()
+        );
+    }
+    // Only tag links and manifests are read; no `_layers` or revision link is.
+    let reads = field_u64(&planned["requests"], "get", &dry);
+    let tags = field_u64(&planned, "tags", &dry);
+    let manifests = f.model.manifests.len() as u64;
+    assert!(
+        reads <= tags + manifests,
+        "{reads} GETs for {tags} tags and {manifests} manifests"
+    );
+    assert_eq!(
+        field_u64(&planned, "blobs_deleted", &dry),
+        f.model.expected_garbage_blobs(true).len() as u64
+    );
+
+    // The real run goes through a proxy that throttles every 4th request (503 SlowDown): retries
+    // carry it through, and it deletes what the dry run planned.
+    let proxy = FaultProxy::start(moto.endpoint().trim_start_matches("http://"), 4);
+    let throttled = config_with_endpoint(&f, &moto, &proxy.endpoint());
+    let run = regsweep(&[
+        "gc",
+        &throttled,
+        "-m",
+        "--min-age",
+        "0s",
+        "--format",
+        "json",
+    ]);
+    run.assert_success();
+    assert!(proxy.injected() > 0, "the proxy throttled nothing");
+    let summary = run.json();
+    for field in [
+        "blobs_deleted",
+        "bytes_deleted",
+        "manifests_deleted",
+        "links_deleted",
+    ] {
+        assert_eq!(
+            summary[field],
+            planned[field],
+            "{field}: {}",
+            run.describe()
+        );
+    }
+    assert!(
+        summary["requests"]["delete"].as_u64() < summary["links_deleted"].as_u64(),
+        "deletes are not batched: {}",
+        run.describe()
+    );
+
+    let copy = tempfile::tempdir().unwrap();
+    moto.download(BUCKET, &format!("{S3_ROOT}/"), copy.path());
+    // Uploads on S3 cannot be backdated: all are fresh and kept.
+    assert_exactly_the_live_set(
+        &copy.path().join("docker/registry/v2"),
+        &f.model,
+        all_uploads(&f.model),
+    );
+
+    f.registry.restart();
+    verify_pulls(&f.client, &f.model).assert_ok("pull every surviving tag from S3");
+    verify_gone(&f.client, &f.model, true).assert_ok("collected manifests are gone");
+
+    // A second run deletes nothing.
+    let again = regsweep(&["gc", &config, "-m", "--min-age", "0s", "--format", "json"]);
+    again.assert_success();
+    let summary = again.json();
+    for field in [
+        "blobs_deleted",
+        "manifests_deleted",
+        "links_deleted",
+        "repositories_deleted",
+    ] {
+        assert_eq!(field_u64(&summary, field, &again), 0, "second run: {field}");
+    }
+}
+
+#[test]
+fn azure_collection_keeps_exactly_the_live_set_and_the_registry_serves_it() {
+    let mut f = Fixture::build();
+    f.registry.stop();
+    let azurite = Azurite::start();
+    azurite.create_container("registry");
+    azurite.upload_tree("registry", "reg", &f.registry.storage_root());
+
+    let config = f.dir().join("azure.yml");
+    fs::write(
+        &config,
+        format!(
+            "version: 0.1\nstorage:\n  azure:\n    accountname: devstoreaccount1\n    \
+             accountkey: {key}\n    container: registry\n    serviceurl: {url}\n    \
+             rootdirectory: /reg\n  delete:\n    enabled: true\n",
+            key = support::azurite::ACCOUNT_KEY,
+            url = azurite.service_url(),
+        ),
+    )
+    .unwrap();
+    let run = regsweep(&[
+        "gc",
+        config.to_str().unwrap(),
+        "-m",
+        "--min-age",
+        "0s",
+        "--format",
+        "json",
+    ]);
+    run.assert_success();
+    let summary = run.json();
+    assert!(
+        !run.stdout.contains(support::azurite::ACCOUNT_KEY)
+            && !run.stderr.contains(support::azurite::ACCOUNT_KEY),
+        "the account key leaked into the output"
+    );
+    assert_eq!(
+        field_u64(&summary, "blobs_deleted", &run),
+        f.model.expected_garbage_blobs(true).len() as u64
+    );
+    assert!(field_u64(&summary["requests"], "delete", &run) > 0);
+
+    // Copy what is left back to the registry's filesystem root, then pull every surviving tag.
+    let root = f.registry.storage_root();
+    fs::remove_dir_all(&root).unwrap();
+    fs::create_dir_all(&root).unwrap();
+    azurite.download("registry", "reg/", &root);
+    // Uploaded again, every upload is fresh: none is stale any more.
+    assert_exactly_the_live_set(&f.v2_root(), &f.model, all_uploads(&f.model));
+    f.registry.restart();
+    verify_pulls(&f.client, &f.model).assert_ok("pull every surviving tag after Azure");
+    verify_gone(&f.client, &f.model, true).assert_ok("collected manifests are gone");
+}

@@ -1,0 +1,139 @@
+//! A fault-injecting HTTP proxy for retry tests: it forwards each request to an upstream server
+//! and answers every `every`-th one with `503 Slow Down` instead (S3's throttling reply), so a
+//! client that does not retry fails and one that does succeeds, having sent more requests.
+//!
+//! One request per connection: the proxy asks upstream to close after its answer and relays
+//! bytes until EOF, which keeps it free of HTTP body framing.
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread;
+use std::time::Duration;
+
+const SLOW_DOWN: &str = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>SlowDown</Code>\
+                         <Message>Please reduce your request rate.</Message></Error>";
+
+/// A running proxy; stops on drop.
+pub struct FaultProxy {
+    port: u16,
+    stop: Arc<AtomicBool>,
+    injected: Arc<AtomicU64>,
+}
+
+impl FaultProxy {
+    /// Proxies to `upstream` (`host:port`), failing requests number `every`, `2 * every`, ….
+    pub fn start(upstream: &str, every: u64) -> FaultProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the proxy");
+        listener.set_nonblocking(true).expect("non-blocking accept");
+        let port = listener.local_addr().expect("proxy address").port();
+        let stop = Arc::new(AtomicBool::new(false));
+        let injected = Arc::new(AtomicU64::new(0));
+        let seen = Arc::new(AtomicU64::new(0));
+        let upstream = upstream.to_owned();
+        let (stop2, injected2) = (Arc::clone(&stop), Arc::clone(&injected));
+        thread::spawn(move || {
+            while !stop2.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((client, _)) => {
+                        let n = seen.fetch_add(1, Ordering::Relaxed) + 1;
+                        let fail = every > 0 && n.is_multiple_of(every);
+                        if fail {
+                            injected2.fetch_add(1, Ordering::Relaxed);
+                        }
+                        let upstream = upstream.clone();
+                        thread::spawn(move || {
+                            let _ = handle(client, &upstream, fail);
+                        });
+                    }
+                    Err(_) => thread::sleep(Duration::from_millis(2)),
+                }
+            }
+        });
+        FaultProxy {
+            port,
+            stop,
+            injected,
+        }
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// How many requests were answered with 503.
+    pub fn injected(&self) -> u64 {
+        self.injected.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Reads one request (head and `Content-Length` body) from `client`.
+fn read_request(client: &mut TcpStream) -> std::io::Result<Vec<u8>> {
+    let mut request = Vec::new();
+    let mut buf = [0u8; 8192];
+    let head_end = loop {
+        let n = client.read(&mut buf)?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        request.extend_from_slice(&buf[..n]);
+        if let Some(i) = request.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+    };
+    let head = String::from_utf8_lossy(&request[..head_end]).to_ascii_lowercase();
+    let length: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    while request.len() < head_end + length {
+        let n = client.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        request.extend_from_slice(&buf[..n]);
+    }
+    Ok(request)
+}
+
+fn handle(mut client: TcpStream, upstream: &str, fail: bool) -> std::io::Result<()> {
+    client.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let request = read_request(&mut client)?;
+    if fail {
+        let response = format!(
+            "HTTP/1.1 503 Slow Down\r\nContent-Type: application/xml\r\nContent-Length: {}\r\n\
+             Connection: close\r\n\r\n{SLOW_DOWN}",
+            SLOW_DOWN.len()
+        );
+        client.write_all(response.as_bytes())?;
+        return client.shutdown(Shutdown::Both);
+    }
+    // Ask upstream to close after answering: then its answer ends at EOF.
+    let head_end = request
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a complete head");
+    let head = String::from_utf8_lossy(&request[..head_end]);
+    let mut forwarded: String = head
+        .split("\r\n")
+        .filter(|l| !l.to_ascii_lowercase().starts_with("connection:"))
+        .collect::<Vec<_>>()
+        .join("\r\n");
+    forwarded.push_str("\r\nConnection: close\r\n\r\n");
+    let mut server = TcpStream::connect(upstream)?;
+    server.write_all(forwarded.as_bytes())?;
+    server.write_all(&request[head_end + 4..])?;
+    let mut response = Vec::new();
+    server.read_to_end(&mut response)?;
+    client.write_all(&response)?;
+    client.shutdown(Shutdown::Both)
+}
