@@ -14,10 +14,10 @@ use std::time::SystemTime;
 use serde::Serialize;
 
 use crate::digest::Digest;
-use crate::layout;
+use crate::layout::{self, RepositoryObject};
 use crate::mark::{MarkSet, RepositoryMarks};
 use crate::scan::{BlobUniverse, Inventory, Repository};
-use crate::storage::ObjectMeta;
+use crate::storage::{MultipartUpload, ObjectMeta};
 
 /// The sweep's phases, in the order they run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -71,6 +71,8 @@ pub enum Kind {
     Tag,
     Blob,
     Upload,
+    /// An S3 multipart upload of a stale upload, aborted rather than deleted.
+    MultipartUpload,
     EmptyDirectory,
 }
 
@@ -80,6 +82,7 @@ pub enum Kind {
 pub enum Target {
     Blob(u32),
     Keys(Vec<String>),
+    Multipart(MultipartUpload),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -97,6 +100,7 @@ impl Deletion {
         match &self.target {
             Target::Blob(index) => vec![layout::blob_data(universe.digest(*index))],
             Target::Keys(keys) => keys.clone(),
+            Target::Multipart(upload) => vec![upload.key.clone()],
         }
     }
 }
@@ -142,6 +146,38 @@ pub fn plan(inventory: &Inventory, marks: &MarkSet, options: PlanOptions) -> Swe
         Phase::EmptyDirectories,
     ));
     // Stable: within a phase, the order above (repository by repository, blobs by digest) stays.
+    // Multipart uploads of stale uploads: listings do not show them, but they are stored and billed.
+    let upload_cutoff = options.cutoff.min(options.upload_cutoff);
+    for upload in &inventory.multipart_uploads {
+        let key = layout::parse_repository_key(&upload.key);
+        let (Some(name), RepositoryObject::Upload { id }) = (key.repository, key.object) else {
+            continue; // not the registry's: leave it
+        };
+        // The upload's own files tell its last activity (each PATCH writes them); the multipart
+        // upload's start time only says when it began.
+        let files = inventory
+            .repositories
+            .binary_search_by(|r| r.name.as_str().cmp(name))
+            .ok()
+            .and_then(|r| {
+                inventory.repositories[r]
+                    .uploads
+                    .iter()
+                    .find(|u| u.id == id)
+            });
+        let stale = match files {
+            Some(files) => files.last_activity() <= upload_cutoff,
+            None => upload.initiated <= upload_cutoff,
+        };
+        if stale {
+            plan.deletions.push(Deletion {
+                phase: Phase::Uploads,
+                kind: Kind::MultipartUpload,
+                target: Target::Multipart(upload.clone()),
+                bytes: 0,
+            });
+        }
+    }
     plan.deletions.sort_by_key(|d| d.phase);
     plan
 }
@@ -319,6 +355,7 @@ mod tests {
         blobs: Vec<(Digest, u64, SystemTime)>,
         manifests: Vec<(Digest, Result<ManifestRefs, String>)>,
         repositories: Vec<Repository>,
+        multipart_uploads: Vec<MultipartUpload>,
     }
 
     impl Fixture {
@@ -363,6 +400,7 @@ mod tests {
             Inventory {
                 blobs: BlobUniverse::new(self.blobs.clone()),
                 repositories,
+                multipart_uploads: self.multipart_uploads.clone(),
                 ..Inventory::default()
             }
         }
@@ -428,7 +466,7 @@ mod tests {
             .iter()
             .filter_map(|del| match del.target {
                 Target::Blob(i) => Some(*inventory.blobs.digest(i)),
-                Target::Keys(_) => None,
+                Target::Keys(_) | Target::Multipart(_) => None,
             })
             .collect()
     }
@@ -585,6 +623,52 @@ mod tests {
         let (_, plan) = f.run(true).unwrap();
         assert!(plan.repositories_deleted.is_empty());
         assert!(plan.deletions.iter().all(|d| d.kind != Kind::Upload));
+    }
+
+    #[test]
+    fn multipart_uploads_go_with_their_stale_upload_only() {
+        let mut f = simple();
+        let app = layout::repository("app");
+        let upload = |id: &str, modified| Upload {
+            id: id.into(),
+            files: vec![ObjectMeta {
+                key: format!("{app}_uploads/{id}/startedat"),
+                size: 20,
+                modified,
+            }],
+        };
+        f.repositories[0].uploads = vec![
+            upload("active", at(HOUR / 2)),
+            upload("stale", at(200 * HOUR)),
+        ];
+        // Some S3 servers report any old start time: the upload's own files decide.
+        let multipart = |id: &str, initiated| MultipartUpload {
+            key: format!("{app}_uploads/{id}/data"),
+            upload_id: format!("mp-{id}"),
+            initiated,
+        };
+        f.multipart_uploads = vec![
+            multipart("active", at(1000 * HOUR)),
+            multipart("stale", at(200 * HOUR)),
+            multipart("orphan-old", at(200 * HOUR)),
+            multipart("orphan-young", at(2 * HOUR)),
+            MultipartUpload {
+                key: "elsewhere/object".into(),
+                upload_id: "x".into(),
+                initiated: at(1000 * HOUR),
+            },
+        ];
+        let (_, plan) = f.run(true).unwrap();
+        let mut aborted: Vec<&str> = plan
+            .deletions
+            .iter()
+            .filter_map(|d| match &d.target {
+                Target::Multipart(m) => Some(m.upload_id.as_str()),
+                _ => None,
+            })
+            .collect();
+        aborted.sort_unstable();
+        assert_eq!(aborted, ["mp-orphan-old", "mp-stale"]);
     }
 
     #[test]

@@ -33,6 +33,8 @@ pub struct Summary {
     pub repositories_deleted: u64,
     pub uploads_deleted: u64,
     pub upload_bytes_deleted: u64,
+    /// S3 multipart uploads of stale uploads, aborted.
+    pub multipart_uploads_aborted: u64,
     /// Directories that were already empty (or directory markers).
     pub directories_deleted: u64,
     /// Directories the sweep emptied and removed (never in a dry run).
@@ -95,6 +97,7 @@ impl Summary {
                 self.uploads_deleted += 1;
                 self.upload_bytes_deleted += deletion.bytes;
             }
+            Kind::MultipartUpload => self.multipart_uploads_aborted += 1,
             Kind::EmptyDirectory => self.directories_deleted += 1,
         }
     }

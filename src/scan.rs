@@ -15,7 +15,7 @@ use thiserror::Error;
 
 use crate::digest::{Digest, DigestError};
 use crate::layout::{self, BlobObject, RepositoryObject};
-use crate::storage::{ObjectMeta, Storage, StorageError};
+use crate::storage::{MultipartUpload, ObjectMeta, Storage, StorageError};
 
 /// Why a scan could not complete. Nothing has been deleted when one of these is returned.
 #[derive(Debug, Error)]
@@ -160,6 +160,8 @@ pub struct Inventory {
     pub markers: Vec<ObjectMeta>,
     /// Objects outside any repository that regsweep does not recognise (kept).
     pub unknown: Vec<ObjectMeta>,
+    /// Multipart uploads in progress under `repositories/` (S3 only).
+    pub multipart_uploads: Vec<MultipartUpload>,
 }
 
 /// Lists the whole registry below `storage` with at most `concurrency` requests in flight.
@@ -203,6 +205,7 @@ pub async fn scan(storage: &Arc<dyn Storage>, concurrency: usize) -> Result<Inve
     }
     drop(listings);
     inventory.blobs = BlobUniverse::new(blobs);
+    inventory.multipart_uploads = storage.multipart_uploads(layout::REPOSITORIES).await?;
     inventory.repositories = repositories.into_values().collect();
     read_tag_links(storage, &mut inventory.repositories, concurrency).await?;
     Ok(inventory)

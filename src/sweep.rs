@@ -51,7 +51,7 @@ pub async fn sweep(
         let runnable: Vec<usize> = (start..end)
             .filter(|&i| match plan.deletions[i].target {
                 Target::Blob(index) => !still_linked.contains(universe.digest(index)),
-                Target::Keys(_) => true,
+                Target::Keys(_) | Target::Multipart(_) => true,
             })
             .collect();
         let mut batches = stream::iter(
@@ -111,14 +111,27 @@ async fn delete_batch(
 ) -> BatchResult {
     let mut owners = Vec::new();
     let mut keys = Vec::new();
+    let mut aborted: Vec<(usize, Option<String>)> = Vec::new();
     for &i in chunk {
+        if let Target::Multipart(upload) = &deletions[i].target {
+            let failure = storage.abort_multipart_upload(upload).await.err();
+            aborted.push((
+                i,
+                failure.map(|e| format!("aborting the multipart upload {}: {e}", upload.key)),
+            ));
+            continue;
+        }
         for key in deletions[i].keys(universe) {
             owners.push(i);
             keys.push(key);
         }
     }
     let results = storage.delete(keys.clone()).await;
-    let mut failures: Vec<(usize, Option<String>)> = chunk.iter().map(|&i| (i, None)).collect();
+    let mut failures: Vec<(usize, Option<String>)> = chunk
+        .iter()
+        .filter(|&&i| !matches!(deletions[i].target, Target::Multipart(_)))
+        .map(|&i| (i, None))
+        .collect();
     let mut emptied: Vec<String> = Vec::new();
     for ((owner, key), result) in owners.iter().zip(&keys).zip(results) {
         match result {
@@ -139,6 +152,7 @@ async fn delete_batch(
             0
         }
     };
+    failures.extend(aborted);
     BatchResult {
         deletions: failures,
         errors,

@@ -87,6 +87,17 @@ pub enum StorageError {
     },
     #[error("{key}: delete failed: {reason}")]
     DeleteFailed { key: String, reason: String },
+    #[error("{key}: {reason}")]
+    ListFailed { key: String, reason: String },
+}
+
+/// A multipart upload in progress (S3): invisible to listings until completed, but stored and
+/// billed. The registry's S3 driver starts one for each blob upload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MultipartUpload {
+    pub key: String,
+    pub upload_id: String,
+    pub initiated: SystemTime,
 }
 
 /// What a backend does for the collector.
@@ -112,5 +123,27 @@ pub trait Storage: fmt::Debug + fmt::Display + Send + Sync + 'static {
     /// returns how many went. Object stores have no directories: nothing to do.
     fn remove_empty_dirs(&self, _dirs: Vec<String>) -> BoxFuture<'_, Result<u64, StorageError>> {
         Box::pin(async { Ok(0) })
+    }
+
+    /// The multipart uploads in progress below `prefix`. Only S3 has them.
+    fn multipart_uploads(
+        &self,
+        _prefix: &str,
+    ) -> BoxFuture<'_, Result<Vec<MultipartUpload>, StorageError>> {
+        Box::pin(async { Ok(Vec::new()) })
+    }
+
+    /// Aborts one multipart upload; one that is already gone counts as aborted.
+    fn abort_multipart_upload(
+        &self,
+        upload: &MultipartUpload,
+    ) -> BoxFuture<'_, Result<(), StorageError>> {
+        let key = upload.key.clone();
+        Box::pin(async move {
+            Err(StorageError::DeleteFailed {
+                key,
+                reason: "this storage has no multipart uploads".to_owned(),
+            })
+        })
     }
 }

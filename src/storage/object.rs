@@ -10,7 +10,9 @@
 //!   counts as deleted, and a failure is reported per key;
 //! - throttling (429, 503 SlowDown), server errors and timeouts are retried with exponential backoff
 //!   by object_store's retry layer (10 retries within 3 minutes);
-//! - every request is counted by the [`CountingConnector`].
+//! - every request is counted by the [`CountingConnector`];
+//! - S3 multipart uploads, which listings do not show, are listed (ListMultipartUploads, signed
+//!   with object_store's SigV4 authorizer) and aborted, so that stale uploads stop being billed.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -20,14 +22,16 @@ use std::time::SystemTime;
 use futures::StreamExt;
 use futures::future::BoxFuture;
 use futures::stream::{self, BoxStream};
-use object_store::aws::AmazonS3Builder;
+use object_store::aws::{AmazonS3, AmazonS3Builder, AmazonS3ConfigKey, AwsAuthorizer};
 use object_store::azure::MicrosoftAzureBuilder;
+use object_store::client::{HttpClient, HttpConnector, HttpRequestBody};
 use object_store::gcp::GoogleCloudStorageBuilder;
+use object_store::multipart::MultipartStore;
 use object_store::path::Path;
 use object_store::{ClientOptions, ObjectStore, ObjectStoreExt};
 
 use super::requests::{CountingConnector, RequestCounter};
-use super::{Listing, ObjectMeta, Storage, StorageError};
+use super::{Listing, MultipartUpload, ObjectMeta, Storage, StorageError};
 use crate::config::{AzureConfig, AzureCredentials, GcsConfig, S3Config};
 
 /// S3 DeleteObjects takes at most 1,000 keys.
@@ -45,6 +49,19 @@ pub struct ObjectStorage {
     /// `s3://bucket/root`, for messages (never credentials).
     url: String,
     delete_batch: usize,
+    /// S3 only: what listing and aborting multipart uploads needs.
+    multipart: Option<S3Multipart>,
+}
+
+/// S3's multipart-upload API, which `ObjectStore` does not cover.
+struct S3Multipart {
+    s3: Arc<AmazonS3>,
+    /// Requests through the counting connector.
+    http: HttpClient,
+    /// `https://s3.<region>.amazonaws.com/<bucket>`, `<endpoint>/<bucket>`, or the
+    /// virtual-hosted form.
+    bucket_url: String,
+    region: String,
 }
 
 impl ObjectStorage {
@@ -60,6 +77,7 @@ impl ObjectStorage {
             },
             url,
             delete_batch,
+            multipart: None,
         }
     }
 
@@ -100,19 +118,44 @@ impl ObjectStorage {
                 builder = builder.with_token(token.expose());
             }
         }
-        let store = builder
-            .with_client_options(client_options(allow_http, config.skip_verify))
-            .build()
-            .map_err(|source| StorageError::ObjectStore {
-                key: url.clone(),
-                source,
-            })?;
-        Ok(Self::new(
-            Arc::new(store),
+        let options = client_options(allow_http, config.skip_verify);
+        let builder = builder.with_client_options(options.clone());
+        let setting = |key| builder.get_config_value(&key);
+        let region = setting(AmazonS3ConfigKey::Region).unwrap_or_else(|| "us-east-1".to_owned());
+        let virtual_hosted =
+            setting(AmazonS3ConfigKey::VirtualHostedStyleRequest).is_some_and(|v| v == "true");
+        let bucket_url = match (setting(AmazonS3ConfigKey::Endpoint), virtual_hosted) {
+            // object_store's convention: a virtual-hosted endpoint already names the bucket.
+            (Some(endpoint), true) => endpoint,
+            (Some(endpoint), false) => {
+                format!("{}/{}", endpoint.trim_end_matches('/'), config.bucket)
+            }
+            (None, true) => format!("https://{}.s3.{region}.amazonaws.com", config.bucket),
+            (None, false) => format!("https://s3.{region}.amazonaws.com/{}", config.bucket),
+        };
+        let failed = |source| StorageError::ObjectStore {
+            key: url.clone(),
+            source,
+        };
+        let http = CountingConnector {
+            counter: counter.clone(),
+        }
+        .connect(&options)
+        .map_err(failed)?;
+        let s3 = Arc::new(builder.build().map_err(failed)?);
+        let mut storage = Self::new(
+            Arc::clone(&s3) as Arc<dyn ObjectStore>,
             &config.root_directory,
             url,
             S3_DELETE_BATCH,
-        ))
+        );
+        storage.multipart = Some(S3Multipart {
+            s3,
+            http,
+            bucket_url,
+            region,
+        });
+        Ok(storage)
     }
 
     /// Azure Blob Storage, configured like the registry's `azure` driver.
@@ -370,6 +413,169 @@ impl Storage for ObjectStorage {
     fn delete_batch_size(&self) -> usize {
         self.delete_batch
     }
+
+    fn multipart_uploads(
+        &self,
+        prefix: &str,
+    ) -> BoxFuture<'_, Result<Vec<MultipartUpload>, StorageError>> {
+        let prefix = prefix.to_owned();
+        Box::pin(async move {
+            let Some(multipart) = &self.multipart else {
+                return Ok(Vec::new());
+            };
+            let full_prefix = format!("{}{prefix}", self.root);
+            let mut uploads = Vec::new();
+            let mut markers: Option<(String, String)> = None;
+            loop {
+                let mut url = format!(
+                    "{}?uploads=&prefix={}",
+                    multipart.bucket_url,
+                    query_encode(&full_prefix)
+                );
+                if let Some((key, id)) = &markers {
+                    url.push_str(&format!(
+                        "&key-marker={}&upload-id-marker={}",
+                        query_encode(key),
+                        query_encode(id)
+                    ));
+                }
+                let page =
+                    multipart
+                        .get(&url)
+                        .await
+                        .map_err(|reason| StorageError::ListFailed {
+                            key: prefix.clone(),
+                            reason: format!("listing multipart uploads: {reason}"),
+                        })?;
+                for upload in xml_elements(&page, "Upload") {
+                    let field = |name| xml_elements(upload, name).first().map(|t| xml_unescape(t));
+                    let (Some(key), Some(upload_id), Some(initiated)) =
+                        (field("Key"), field("UploadId"), field("Initiated"))
+                    else {
+                        continue;
+                    };
+                    // An unreadable date: keep the upload (treated as just started).
+                    let initiated = humantime::parse_rfc3339_weak(&initiated)
+                        .unwrap_or_else(|_| SystemTime::now());
+                    uploads.push(MultipartUpload {
+                        key: key.strip_prefix(&self.root).unwrap_or(&key).to_owned(),
+                        upload_id,
+                        initiated,
+                    });
+                }
+                let truncated = xml_elements(&page, "IsTruncated").first() == Some(&"true");
+                let next = |name| xml_elements(&page, name).first().map(|t| xml_unescape(t));
+                match (truncated, next("NextKeyMarker"), next("NextUploadIdMarker")) {
+                    (true, Some(key), Some(id)) => markers = Some((key, id)),
+                    _ => break,
+                }
+            }
+            Ok(uploads)
+        })
+    }
+
+    fn abort_multipart_upload(
+        &self,
+        upload: &MultipartUpload,
+    ) -> BoxFuture<'_, Result<(), StorageError>> {
+        let upload = upload.clone();
+        Box::pin(async move {
+            let Some(multipart) = &self.multipart else {
+                return Err(StorageError::DeleteFailed {
+                    key: upload.key,
+                    reason: "this storage has no multipart uploads".to_owned(),
+                });
+            };
+            let path = self.path(&upload.key)?;
+            match multipart.s3.abort_multipart(&path, &upload.upload_id).await {
+                // NoSuchUpload: completed or aborted meanwhile.
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+                Err(e) => Err(error(&upload.key, e)),
+            }
+        })
+    }
+}
+
+impl S3Multipart {
+    /// A signed GET, retried on throttling and server errors like object_store's own requests.
+    async fn get(&self, url: &str) -> Result<String, String> {
+        let credentials = self
+            .s3
+            .credentials()
+            .get_credential()
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut delay = std::time::Duration::from_millis(100);
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let mut request = http::Request::get(url)
+                .body(HttpRequestBody::empty())
+                .map_err(|e| e.to_string())?;
+            AwsAuthorizer::new(&credentials, "s3", &self.region)
+                .try_authorize(&mut request, None)
+                .map_err(|e| e.to_string())?;
+            let outcome = match self.http.execute(request).await {
+                Ok(response) => {
+                    let status = response.status();
+                    let body = response
+                        .into_body()
+                        .bytes()
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    let text = String::from_utf8_lossy(&body).into_owned();
+                    if status.is_success() {
+                        return Ok(text);
+                    }
+                    let retry = status.is_server_error() || status.as_u16() == 429;
+                    (retry, format!("{status}: {text}"))
+                }
+                Err(e) => (true, e.to_string()),
+            };
+            match outcome {
+                (true, _) if attempt < 10 => {
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(std::time::Duration::from_secs(15));
+                }
+                (_, reason) => return Err(reason),
+            }
+        }
+    }
+}
+
+/// Percent-encodes a query value as SigV4 expects (everything but unreserved characters).
+fn query_encode(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for byte in value.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-_.~".contains(&byte) {
+            out.push(char::from(byte));
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
+/// The texts of every `<name>…</name>` element (not nested in itself) of an S3 XML answer.
+fn xml_elements<'a>(xml: &'a str, name: &str) -> Vec<&'a str> {
+    let (open, close) = (format!("<{name}>"), format!("</{name}>"));
+    let mut out = Vec::new();
+    let mut rest = xml;
+    while let Some(start) = rest.find(&open) {
+        let after = &rest[start + open.len()..];
+        let Some(end) = after.find(&close) else { break };
+        out.push(&after[..end]);
+        rest = &after[end + close.len()..];
+    }
+    out
+}
+
+fn xml_unescape(text: &str) -> String {
+    text.replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&quot;", "\"")
+        .replace("&apos;", "'")
+        .replace("&amp;", "&")
 }
 
 /// The object a per-key delete error names, when object_store says.
@@ -399,6 +605,23 @@ mod tests {
                 .unwrap();
         }
         ObjectStorage::new(Arc::new(store), "/root/dir/", "mem://".into(), 2)
+    }
+
+    #[test]
+    fn reads_a_list_multipart_uploads_answer() {
+        let xml = "<ListMultipartUploadsResult><IsTruncated>true</IsTruncated>\
+            <NextKeyMarker>a&amp;b</NextKeyMarker><Upload><Key>r/x/_uploads/1/data</Key>\
+            <UploadId>id-1</UploadId><Initiator><ID>me</ID></Initiator>\
+            <Initiated>2026-01-02T03:04:05.000Z</Initiated></Upload><Upload><Key>k2</Key>\
+            </Upload></ListMultipartUploadsResult>";
+        let uploads = xml_elements(xml, "Upload");
+        assert_eq!(uploads.len(), 2);
+        assert_eq!(xml_elements(uploads[0], "UploadId"), ["id-1"]);
+        assert_eq!(xml_unescape(xml_elements(xml, "NextKeyMarker")[0]), "a&b");
+        assert_eq!(
+            query_encode("docker/registry v2~"),
+            "docker%2Fregistry%20v2~"
+        );
     }
 
     #[tokio::test]

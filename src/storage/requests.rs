@@ -82,8 +82,10 @@ pub fn classify(method: &str, query: &str) -> RequestKind {
         "DELETE" => RequestKind::Delete,
         // S3 DeleteObjects (`POST /bucket?delete`), Azure blob batch (`POST ?comp=batch`).
         "POST" if has("delete") || query.contains("comp=batch") => RequestKind::Delete,
-        // S3 and GCS (XML API): ListObjectsV2; Azure: List Blobs.
-        "GET" if has("list-type") || query.contains("comp=list") => RequestKind::List,
+        // S3 and GCS (XML API): ListObjectsV2 and ListMultipartUploads; Azure: List Blobs.
+        "GET" if has("list-type") || has("uploads") || query.contains("comp=list") => {
+            RequestKind::List
+        }
         "GET" => RequestKind::Get,
         _ => RequestKind::Other,
     }
@@ -143,6 +145,7 @@ mod tests {
         let cases = [
             ("GET", "http://s3/bucket?list-type=2&prefix=docker%2F", List),
             ("GET", "http://s3/bucket/docker/registry/v2/x/link", Get),
+            ("GET", "http://s3/bucket?uploads=&prefix=docker", List),
             ("HEAD", "http://s3/bucket/key", Head),
             ("POST", "http://s3/bucket?delete", Delete),
             ("DELETE", "http://s3/bucket/key", Delete),
