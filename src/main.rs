@@ -28,14 +28,31 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            tracing::error!("{e:#}");
+            let message = error_chain(&e);
+            tracing::error!("{message}");
             if cli.log_format == LogFormat::Text {
                 // Make the reason visible even when logs are filtered out.
-                eprintln!("regsweep: {e:#}");
+                eprintln!("regsweep: {message}");
             }
             ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes, each once: many errors (object_store's among them) already print
+/// their source, which `{:#}` would then print again.
+fn error_chain(error: &anyhow::Error) -> String {
+    let mut message = String::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if !message.contains(&text) {
+            if !message.is_empty() {
+                message.push_str(": ");
+            }
+            message.push_str(&text);
+        }
+    }
+    message
 }
 
 fn init_logging(format: LogFormat, quiet: bool) {

@@ -324,3 +324,23 @@ fn help_documents_every_option() {
         assert!(help.contains(option), "gc --help lacks {option}");
     }
 }
+
+#[test]
+fn an_unreachable_object_store_is_a_clear_error_after_retries() {
+    let out = Command::new(env!("CARGO_BIN_EXE_regsweep"))
+        .args([
+            "gc",
+            "--storage",
+            "s3://bucket/root?endpoint=http://127.0.0.1:9&region=us-east-1",
+        ])
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .env_remove("AWS_CA_BUNDLE")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    for needle in ["listing the storage failed", "127.0.0.1:9", "retries"] {
+        assert!(stderr.contains(needle), "{needle}: {stderr}");
+    }
+}
