@@ -139,7 +139,7 @@ async fn delete_batch(
             Err(e) => {
                 let slot = failures.iter_mut().find(|(i, _)| i == owner);
                 if let Some((_, failure @ None)) = slot {
-                    *failure = Some(format!("deleting {key}: {e}"));
+                    *failure = Some(format!("delete {e}"));
                 }
             }
         }

@@ -291,3 +291,68 @@ fn azure_collection_keeps_exactly_the_live_set_and_the_registry_serves_it() {
     verify_pulls(&f.client, &f.model).assert_ok("pull every surviving tag after Azure");
     verify_gone(&f.client, &f.model, true).assert_ok("collected manifests are gone");
 }
+
+#[test]
+fn s3_denied_deletes_are_reported_by_key_and_the_rest_goes_on() {
+    let moto = MotoServer::start();
+    moto.create_bucket(BUCKET);
+    let mut f = Fixture::build_s3(&moto, BUCKET);
+    f.registry.stop();
+    let config = f.registry.config_path().to_string_lossy().into_owned();
+    let args = ["-m", "--min-age", "0s", "--format", "json"];
+
+    let dry = regsweep(&[&["gc", config.as_str(), "--dry-run"][..], &args[..]].concat());
+    dry.assert_success();
+    let planned = dry.json();
+
+    // Every request naming one orphan blob is refused: the batch of `_layers` links that holds its
+    // link, so the blobs those links name must be kept.
+    let orphan = f.model.orphans.iter().next().unwrap().clone();
+    let hex = orphan.trim_start_matches("sha256:");
+    let proxy = FaultProxy::deny(moto.endpoint().trim_start_matches("http://"), hex);
+    let denied = config_with_endpoint(&f, &moto, &proxy.endpoint());
+    let run = regsweep(&[&["gc", denied.as_str()][..], &args[..]].concat());
+    assert_eq!(run.status.code(), Some(1), "{}", run.describe());
+    assert!(proxy.injected() > 0);
+    let summary = run.json();
+    let messages = summary["error_messages"].to_string();
+    assert!(
+        messages.contains(hex),
+        "no error names the denied key: {messages}"
+    );
+    assert!(field_u64(&summary, "errors", &run) > 0);
+    // Each failed key is reported once, concisely; the phase the denial did not touch went
+    // through.
+    let errors = summary["error_messages"].as_array().unwrap();
+    assert_eq!(errors.len() as u64, field_u64(&summary, "errors", &run));
+    for error in errors {
+        let error = error.as_str().unwrap();
+        assert!(error.starts_with("delete docker/registry/v2/"), "{error}");
+        assert!(
+            error.contains("permission denied") && error.len() < 1_000,
+            "{error}"
+        );
+    }
+    assert_eq!(summary["manifests_deleted"], planned["manifests_deleted"]);
+    assert!(
+        field_u64(&summary, "blobs_deleted", &run) < field_u64(&planned, "blobs_deleted", &dry),
+        "blobs whose links could not be deleted must be kept"
+    );
+    // Nothing live was lost.
+    f.registry.restart();
+    verify_pulls(&f.client, &f.model).assert_ok("pull every tag after denied deletes");
+    f.registry.stop();
+
+    // Without the proxy, a second run finishes the job.
+    let run = regsweep(&[&["gc", config.as_str()][..], &args[..]].concat());
+    run.assert_success();
+    let copy = tempfile::tempdir().unwrap();
+    moto.download(BUCKET, &format!("{S3_ROOT}/"), copy.path());
+    assert_exactly_the_live_set(
+        &copy.path().join("docker/registry/v2"),
+        &f.model,
+        all_uploads(&f.model),
+    );
+    f.registry.restart();
+    verify_pulls(&f.client, &f.model).assert_ok("pull every tag after the second run");
+}

@@ -85,7 +85,7 @@ pub enum StorageError {
         #[source]
         source: object_store::Error,
     },
-    #[error("{key}: delete failed: {reason}")]
+    #[error("{key}: {reason}")]
     DeleteFailed { key: String, reason: String },
     #[error("{key}: {reason}")]
     ListFailed { key: String, reason: String },

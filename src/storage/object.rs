@@ -384,7 +384,7 @@ impl Storage for ObjectStorage {
                         }
                         // A whole batch failed: every key it carried that has no result yet.
                         None => {
-                            unattributed = Some(e.to_string());
+                            unattributed = Some(batch_failure(&e));
                             continue;
                         }
                     },
@@ -576,6 +576,19 @@ fn xml_unescape(text: &str) -> String {
         .replace("&quot;", "\"")
         .replace("&apos;", "'")
         .replace("&amp;", "&")
+}
+
+/// Why a whole delete batch failed, without the list of every key it carried (object_store puts
+/// them all in the error's path, and each key's own error names the key).
+fn batch_failure(error: &object_store::Error) -> String {
+    match error {
+        object_store::Error::PermissionDenied { source, .. } => {
+            format!("permission denied: {source}")
+        }
+        object_store::Error::Unauthenticated { source, .. } => format!("unauthenticated: {source}"),
+        object_store::Error::Generic { source, .. } => source.to_string(),
+        other => other.to_string(),
+    }
 }
 
 /// The object a per-key delete error names, when object_store says.

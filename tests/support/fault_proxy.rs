@@ -1,6 +1,7 @@
-//! A fault-injecting HTTP proxy for retry tests: it forwards each request to an upstream server
-//! and answers every `every`-th one with `503 Slow Down` instead (S3's throttling reply), so a
-//! client that does not retry fails and one that does succeeds, having sent more requests.
+//! A fault-injecting HTTP proxy: it forwards each request to an upstream server, but answers
+//! every `every`-th one with `503 Slow Down` (S3's throttling reply: a client that does not retry
+//! fails, one that does succeeds) or, in the other mode, every request that contains a given text
+//! with `403 Access Denied` (a permanent failure).
 //!
 //! One request per connection: the proxy asks upstream to close after its answer and relays
 //! bytes until EOF, which keeps it free of HTTP body framing.
@@ -15,6 +16,14 @@ use std::time::Duration;
 const SLOW_DOWN: &str = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>SlowDown</Code>\
                          <Message>Please reduce your request rate.</Message></Error>";
 
+enum Rule {
+    Throttle { every: u64 },
+    Deny { needle: Vec<u8> },
+}
+
+const ACCESS_DENIED: &str = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>AccessDenied\
+                             </Code><Message>Access Denied</Message></Error>";
+
 /// A running proxy; stops on drop.
 pub struct FaultProxy {
     port: u16,
@@ -23,8 +32,22 @@ pub struct FaultProxy {
 }
 
 impl FaultProxy {
-    /// Proxies to `upstream` (`host:port`), failing requests number `every`, `2 * every`, ….
+    /// Proxies to `upstream` (`host:port`), throttling requests number `every`, `2 * every`, ….
     pub fn start(upstream: &str, every: u64) -> FaultProxy {
+        FaultProxy::spawn(upstream, Rule::Throttle { every })
+    }
+
+    /// Proxies to `upstream`, denying every request whose bytes contain `needle`.
+    pub fn deny(upstream: &str, needle: &str) -> FaultProxy {
+        FaultProxy::spawn(
+            upstream,
+            Rule::Deny {
+                needle: needle.as_bytes().to_vec(),
+            },
+        )
+    }
+
+    fn spawn(upstream: &str, rule: Rule) -> FaultProxy {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind the proxy");
         listener.set_nonblocking(true).expect("non-blocking accept");
         let port = listener.local_addr().expect("proxy address").port();
@@ -32,19 +55,17 @@ impl FaultProxy {
         let injected = Arc::new(AtomicU64::new(0));
         let seen = Arc::new(AtomicU64::new(0));
         let upstream = upstream.to_owned();
+        let rule = Arc::new(rule);
         let (stop2, injected2) = (Arc::clone(&stop), Arc::clone(&injected));
         thread::spawn(move || {
             while !stop2.load(Ordering::Relaxed) {
                 match listener.accept() {
                     Ok((client, _)) => {
                         let n = seen.fetch_add(1, Ordering::Relaxed) + 1;
-                        let fail = every > 0 && n.is_multiple_of(every);
-                        if fail {
-                            injected2.fetch_add(1, Ordering::Relaxed);
-                        }
-                        let upstream = upstream.clone();
+                        let (upstream, rule) = (upstream.clone(), Arc::clone(&rule));
+                        let injected = Arc::clone(&injected2);
                         thread::spawn(move || {
-                            let _ = handle(client, &upstream, fail);
+                            let _ = handle(client, &upstream, &rule, n, &injected);
                         });
                     }
                     Err(_) => thread::sleep(Duration::from_millis(2)),
@@ -63,7 +84,7 @@ impl FaultProxy {
         format!("http://127.0.0.1:{}", self.port)
     }
 
-    /// How many requests were answered with 503.
+    /// How many requests were answered with a fault.
     pub fn injected(&self) -> u64 {
         self.injected.load(Ordering::Relaxed)
     }
@@ -105,14 +126,30 @@ fn read_request(client: &mut TcpStream) -> std::io::Result<Vec<u8>> {
     Ok(request)
 }
 
-fn handle(mut client: TcpStream, upstream: &str, fail: bool) -> std::io::Result<()> {
+fn handle(
+    mut client: TcpStream,
+    upstream: &str,
+    rule: &Rule,
+    n: u64,
+    injected: &AtomicU64,
+) -> std::io::Result<()> {
     client.set_read_timeout(Some(Duration::from_secs(30)))?;
     let request = read_request(&mut client)?;
-    if fail {
+    let fault = match rule {
+        Rule::Throttle { every } => {
+            (*every > 0 && n.is_multiple_of(*every)).then_some(("503 Slow Down", SLOW_DOWN))
+        }
+        Rule::Deny { needle } => request
+            .windows(needle.len())
+            .any(|w| w == needle.as_slice())
+            .then_some(("403 Forbidden", ACCESS_DENIED)),
+    };
+    if let Some((status, body)) = fault {
+        injected.fetch_add(1, Ordering::Relaxed);
         let response = format!(
-            "HTTP/1.1 503 Slow Down\r\nContent-Type: application/xml\r\nContent-Length: {}\r\n\
-             Connection: close\r\n\r\n{SLOW_DOWN}",
-            SLOW_DOWN.len()
+            "HTTP/1.1 {status}\r\nContent-Type: application/xml\r\nContent-Length: {}\r\n\
+             Connection: close\r\n\r\n{body}",
+            body.len()
         );
         client.write_all(response.as_bytes())?;
         return client.shutdown(Shutdown::Both);
