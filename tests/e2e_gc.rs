@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 use support::model::Model;
 use support::run::{RunOutput, field_u64};
 use support::storage::{
-    blob_digest_of_key, dangling_links, empty_dirs, removed_files, repository_dirs, snapshot_diff,
-    storage_blobs, storage_revisions, storage_tags, upload_dirs,
+    assert_exactly_the_live_set, blob_digest_of_key, empty_dirs, removed_files, repository_dirs,
+    snapshot_diff,
 };
 use support::{Fixture, read_plan, run_regsweep, tree_snapshot, verify_gone, verify_pulls};
 use support::{verify_revisions, workload::STALE_UPLOAD_HOURS};
@@ -50,10 +50,6 @@ fn sizes(model: &Model) -> BTreeMap<String, u64> {
     sizes
 }
 
-fn non_empty<V>(map: BTreeMap<String, BTreeSet<V>>) -> BTreeMap<String, BTreeSet<V>> {
-    map.into_iter().filter(|(_, v)| !v.is_empty()).collect()
-}
-
 fn plan_blobs(plan: &Path) -> BTreeSet<String> {
     read_plan(plan)
         .iter()
@@ -64,41 +60,13 @@ fn plan_blobs(plan: &Path) -> BTreeSet<String> {
 /// Storage after a collection holds exactly what the model keeps, with no residue.
 fn assert_storage_is_exactly_the_live_set(f: &Fixture, delete_untagged: bool) {
     let v2 = f.v2_root();
-    let model = &f.model;
-
-    let expected = model.expected_live_blobs(delete_untagged);
-    let actual = storage_blobs(&v2);
-    let lost: Vec<_> = expected.difference(&actual).collect();
-    let left: Vec<_> = actual.difference(&expected).collect();
-    assert!(
-        lost.is_empty(),
-        "LIVE BLOBS DELETED:\n{}",
-        model.explain_all(lost)
-    );
-    assert!(
-        left.is_empty(),
-        "garbage left behind:\n{}",
-        model.explain_all(left)
-    );
-
-    assert_eq!(
-        non_empty(storage_revisions(&v2)),
-        non_empty(model.expected_revisions(delete_untagged)),
-        "revision links"
-    );
-    assert_eq!(storage_tags(&v2), model.surviving_tags(), "tags");
-    assert_eq!(dangling_links(&v2), Vec::<String>::new(), "dangling links");
-    assert_eq!(
-        repository_dirs(&v2),
-        model.repos_that_must_stay(delete_untagged),
-        "repositories"
-    );
-    let kept_uploads: BTreeSet<(String, String)> = model
+    let kept_uploads: BTreeSet<(String, String)> = f
+        .model
         .kept_uploads(168)
         .iter()
         .map(|u| (u.repo.clone(), u.uuid.clone()))
         .collect();
-    assert_eq!(upload_dirs(&v2), kept_uploads, "uploads");
+    assert_exactly_the_live_set(&v2, &f.model, delete_untagged, &kept_uploads);
     assert_eq!(
         empty_dirs(&v2.join("repositories")),
         Vec::<String>::new(),

@@ -4,7 +4,7 @@
 
 pub mod support;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::fs;
 use std::path::Path;
 
@@ -14,9 +14,7 @@ use support::fault_proxy::FaultProxy;
 use support::model::Model;
 use support::run::{RunOutput, field_u64};
 use support::s3::MotoServer;
-use support::storage::{
-    dangling_links, repository_dirs, storage_blobs, storage_revisions, storage_tags, upload_dirs,
-};
+use support::storage::assert_exactly_the_live_set;
 use support::{run_regsweep, verify_gone, verify_pulls};
 
 const BUCKET: &str = "registry";
@@ -27,47 +25,20 @@ fn regsweep(args: &[&str]) -> RunOutput {
     run_regsweep(Path::new(env!("CARGO_BIN_EXE_regsweep")), args)
 }
 
-fn non_empty<V>(map: BTreeMap<String, BTreeSet<V>>) -> BTreeMap<String, BTreeSet<V>> {
-    map.into_iter().filter(|(_, v)| !v.is_empty()).collect()
-}
-
-/// The objects left under `v2` (a downloaded copy) are exactly what the model keeps.
-fn assert_exactly_the_live_set(v2: &Path, model: &Model, uploads: BTreeSet<(String, String)>) {
-    let expected = model.expected_live_blobs(true);
-    let actual = storage_blobs(v2);
-    let lost: Vec<_> = expected.difference(&actual).collect();
-    let left: Vec<_> = actual.difference(&expected).collect();
-    assert!(
-        lost.is_empty(),
-        "LIVE BLOBS DELETED:\n{}",
-        model.explain_all(lost)
-    );
-    assert!(
-        left.is_empty(),
-        "garbage left:\n{}",
-        model.explain_all(left)
-    );
-    assert_eq!(
-        non_empty(storage_revisions(v2)),
-        non_empty(model.expected_revisions(true)),
-        "revision links"
-    );
-    assert_eq!(storage_tags(v2), model.surviving_tags(), "tags");
-    assert_eq!(dangling_links(v2), Vec::<String>::new(), "dangling links");
-    assert_eq!(
-        repository_dirs(v2),
-        model.repos_that_must_stay(true),
-        "repositories"
-    );
-    assert_eq!(upload_dirs(v2), uploads, "uploads");
-}
-
 fn all_uploads(model: &Model) -> BTreeSet<(String, String)> {
     model
         .uploads
         .iter()
         .map(|u| (u.repo.clone(), u.uuid.clone()))
         .collect()
+}
+
+/// The bucket holds exactly what the model keeps with `--delete-untagged`, and every upload.
+fn assert_bucket_holds_the_live_set(moto: &MotoServer, model: &Model) {
+    let copy = tempfile::tempdir().unwrap();
+    moto.download(BUCKET, &format!("{S3_ROOT}/"), copy.path());
+    let v2 = copy.path().join("docker/registry/v2");
+    assert_exactly_the_live_set(&v2, model, true, &all_uploads(model));
 }
 
 /// The registry's config with its S3 endpoint replaced (to go through a proxy).
@@ -158,14 +129,8 @@ fn s3_collection_through_the_registry_config_keeps_exactly_the_live_set() {
         run.describe()
     );
 
-    let copy = tempfile::tempdir().unwrap();
-    moto.download(BUCKET, &format!("{S3_ROOT}/"), copy.path());
     // Uploads on S3 cannot be backdated: all are fresh and kept.
-    assert_exactly_the_live_set(
-        &copy.path().join("docker/registry/v2"),
-        &f.model,
-        all_uploads(&f.model),
-    );
+    assert_bucket_holds_the_live_set(&moto, &f.model);
 
     f.registry.restart();
     verify_pulls(&f.client, &f.model).assert_ok("pull every surviving tag from S3");
@@ -286,7 +251,7 @@ fn azure_collection_keeps_exactly_the_live_set_and_the_registry_serves_it() {
     fs::create_dir_all(&root).unwrap();
     azurite.download("registry", "reg/", &root);
     // Uploaded again, every upload is fresh: none is stale any more.
-    assert_exactly_the_live_set(&f.v2_root(), &f.model, all_uploads(&f.model));
+    assert_exactly_the_live_set(&f.v2_root(), &f.model, true, &all_uploads(&f.model));
     f.registry.restart();
     verify_pulls(&f.client, &f.model).assert_ok("pull every surviving tag after Azure");
     verify_gone(&f.client, &f.model, true).assert_ok("collected manifests are gone");
@@ -346,13 +311,7 @@ fn s3_denied_deletes_are_reported_by_key_and_the_rest_goes_on() {
     // Without the proxy, a second run finishes the job.
     let run = regsweep(&[&["gc", config.as_str()][..], &args[..]].concat());
     run.assert_success();
-    let copy = tempfile::tempdir().unwrap();
-    moto.download(BUCKET, &format!("{S3_ROOT}/"), copy.path());
-    assert_exactly_the_live_set(
-        &copy.path().join("docker/registry/v2"),
-        &f.model,
-        all_uploads(&f.model),
-    );
+    assert_bucket_holds_the_live_set(&moto, &f.model);
     f.registry.restart();
     verify_pulls(&f.client, &f.model).assert_ok("pull every tag after the second run");
 }

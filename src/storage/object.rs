@@ -199,17 +199,8 @@ impl ObjectStorage {
         }
         let store = builder
             .with_client_options(client_options(allow_http, false))
-            .build()
-            .map_err(|source| StorageError::ObjectStore {
-                key: url.clone(),
-                source,
-            })?;
-        Ok(Self::new(
-            Arc::new(store),
-            &config.root_directory,
-            url,
-            AZURE_DELETE_BATCH,
-        ))
+            .build();
+        Self::built(store, &config.root_directory, url, AZURE_DELETE_BATCH)
     }
 
     /// Google Cloud Storage, configured like the registry's `gcs` driver.
@@ -228,17 +219,21 @@ impl ObjectStorage {
         }
         let store = builder
             .with_client_options(client_options(false, false))
-            .build()
-            .map_err(|source| StorageError::ObjectStore {
-                key: url.clone(),
-                source,
-            })?;
-        Ok(Self::new(
-            Arc::new(store),
-            &config.root_directory,
-            url,
-            GCS_DELETE_BATCH,
-        ))
+            .build();
+        Self::built(store, &config.root_directory, url, GCS_DELETE_BATCH)
+    }
+
+    /// Wraps what a builder built, or names the storage in its error.
+    fn built(
+        store: object_store::Result<impl ObjectStore>,
+        root: &str,
+        url: String,
+        delete_batch: usize,
+    ) -> Result<Self, StorageError> {
+        match store {
+            Ok(store) => Ok(Self::new(Arc::new(store), root, url, delete_batch)),
+            Err(source) => Err(StorageError::ObjectStore { key: url, source }),
+        }
     }
 
     fn path(&self, key: &str) -> Result<Path, StorageError> {

@@ -5,6 +5,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use super::content::sha256_hex;
+use super::model::Model;
 
 /// All files and directories under `dir` (not `dir` itself), depth first, sorted.
 fn walk(dir: &Path) -> Vec<(PathBuf, bool)> {
@@ -274,4 +275,52 @@ pub fn empty_dirs(dir: &Path) -> Vec<String> {
         })
         .map(|(path, _)| relative(&path, dir))
         .collect()
+}
+
+/// Panics unless the storage under `v2_root` holds exactly what `model` keeps after a collection
+/// (`delete_untagged` or not): the live blobs and no other, the kept revision links, every tag,
+/// no dangling link, exactly the repositories that must stay, and the upload directories
+/// `uploads` (`(repo, uuid)`).
+pub fn assert_exactly_the_live_set(
+    v2_root: &Path,
+    model: &Model,
+    delete_untagged: bool,
+    uploads: &BTreeSet<(String, String)>,
+) {
+    let expected = model.expected_live_blobs(delete_untagged);
+    let actual = storage_blobs(v2_root);
+    let lost: Vec<_> = expected.difference(&actual).collect();
+    let left: Vec<_> = actual.difference(&expected).collect();
+    assert!(
+        lost.is_empty(),
+        "LIVE BLOBS DELETED:\n{}",
+        model.explain_all(lost)
+    );
+    assert!(
+        left.is_empty(),
+        "garbage left behind:\n{}",
+        model.explain_all(left)
+    );
+    let non_empty = |map: BTreeMap<String, BTreeSet<String>>| {
+        map.into_iter()
+            .filter(|(_, v)| !v.is_empty())
+            .collect::<BTreeMap<_, _>>()
+    };
+    assert_eq!(
+        non_empty(storage_revisions(v2_root)),
+        non_empty(model.expected_revisions(delete_untagged)),
+        "revision links"
+    );
+    assert_eq!(storage_tags(v2_root), model.surviving_tags(), "tags");
+    assert_eq!(
+        dangling_links(v2_root),
+        Vec::<String>::new(),
+        "dangling links"
+    );
+    assert_eq!(
+        repository_dirs(v2_root),
+        model.repos_that_must_stay(delete_untagged),
+        "repositories"
+    );
+    assert_eq!(&upload_dirs(v2_root), uploads, "uploads");
 }
