@@ -3,7 +3,7 @@
 //! Operators hand regsweep the very file their registry runs with, usually next to the `REGISTRY_*`
 //! variables of its container. If we read that file differently from the registry, we collect a
 //! different directory from the one the registry serves. So this module follows distribution's
-//! `configuration/parser.go` and the filesystem driver rather than reading the YAML "naturally":
+//! `configuration/parser.go` and its storage drivers rather than reading the YAML "naturally":
 //!
 //! - `storage` is a map whose one key other than `cache`, `delete`, `maintenance`, `redirect` and
 //!   `tag` names the driver; zero or several drivers are errors. A plain string (`storage: s3`)
@@ -18,15 +18,22 @@
 //!   the last key in lower case. The value is YAML. If it does not parse, the registry refuses
 //!   to start, and so do we. A path that runs into an existing scalar or list is ignored, as the
 //!   registry ignores it.
-//!
-//! - The object stores read the registry's keys (2.8 and 3.x): `s3` (alias `s3-aws`): `bucket`,
+//! - Four drivers are read: `filesystem`, `s3` (also registered as `s3aws`), `azure` and `gcs`;
+//!   any other (`inmemory`, `swift`, `oss`, …) is [`ConfigError::UnsupportedDriver`]. The object
+//!   stores read the registry's keys (2.8 and 3.x), exactly in lower case: `s3`: `bucket`,
 //!   `region`, `regionendpoint`, `forcepathstyle`, `secure`, `skipverify`, `rootdirectory`,
 //!   `accesskey`, `secretkey`, `sessiontoken`; `azure`: `accountname`, `accountkey`, `container`,
 //!   `realm`, `serviceurl`, `rootdirectory`, `credentials` (`type`: `shared_key`, `client_secret`
-//!   with `clientid`/`tenantid`/`secret`, `default_credentials`); `gcs`: `bucket`, `keyfile`,
-//!   `credentials`, `rootdirectory`. Strings may be given as numbers or booleans (the registry
-//!   formats them), booleans as `"true"`/`"false"`. Keys it does not need (`chunksize`, `v4auth`, …)
-//!   are ignored. Secrets are held in [`Secret`], which never prints.
+//!   with `clientid`/`tenantid`/`secret`, `default_credentials`; like the registry, a non-empty
+//!   `accountkey` wins); `gcs`: `bucket`, `keyfile`, `credentials` (a service-account map, kept as
+//!   JSON). Strings may be given as numbers or booleans (the registry formats them), booleans as
+//!   strings Go's `strconv.ParseBool` accepts (`"true"`, `"false"`, …); `~` and `""` are absent.
+//!   Their `rootdirectory` is trimmed of `/` (`""` is the bucket root). A missing required key is
+//!   [`ConfigError::Missing`]. Keys we do not need (`chunksize`, `v4auth`, …) are ignored. Secrets
+//!   are held in [`Secret`], which never prints.
+//! - `--storage` takes `file://` or a path, `s3://bucket/root?endpoint=…&region=…&force_path_style=…&skip_verify=…`,
+//!   `az://container/root?account=NAME&endpoint=…` (or `azure://`) and `gs://bucket/root`;
+//!   object-store credentials then come from the environment.
 //!
 //! We are stricter than the registry where it would accept nonsense. It turns any `rootdirectory`
 //! into a string (`~` becomes the directory `<nil>`, `""` the filesystem root). We only accept a
@@ -45,32 +52,35 @@ const DEFAULT_ROOT_DIRECTORY: &str = "/var/lib/registry";
 const NOT_DRIVERS: [&str; 5] = ["cache", "delete", "maintenance", "redirect", "tag"];
 
 const URL_FORMS: &str = "file:///absolute/path, a filesystem path (./name if it contains `:`), \
-                         s3://bucket[/prefix], az://container[/prefix] (or azure://), gs://bucket[/prefix]";
+                         s3://bucket[/prefix][?endpoint=URL&region=R&force_path_style=BOOL&skip_verify=BOOL], \
+                         az://container[/prefix]?account=NAME[&endpoint=URL] (or azure://), gs://bucket[/prefix]";
 
-const SUPPORTED_DRIVERS: &str = "filesystem, s3, azure, gcs";
+/// The storage drivers this build reads, in the order error messages list them.
+pub const SUPPORTED_DRIVERS: [&str; 4] = ["filesystem", "s3", "azure", "gcs"];
 
 /// Where the registry keeps its data.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StorageConfig {
     /// `storage.filesystem.rootdirectory` (default `/var/lib/registry`), or `file:///path`.
-    Filesystem {
-        root_directory: PathBuf,
-    },
+    Filesystem { root_directory: PathBuf },
+    /// `storage.s3`, or `s3://bucket/root?…`.
     S3(S3Config),
+    /// `storage.azure`, or `az://container/root?account=NAME…`.
     Azure(AzureConfig),
+    /// `storage.gcs`, or `gs://bucket/root`.
     Gcs(GcsConfig),
 }
 
-/// A secret (key, password, token): Debug and Display print `***`, so that no log or error shows it.
+/// A secret (keys, passwords): never printed. Debug and Display print `***`.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(String);
 
 impl Secret {
-    pub fn new(secret: impl Into<String>) -> Secret {
-        Secret(secret.into())
+    pub fn new(s: impl Into<String>) -> Secret {
+        Secret(s.into())
     }
 
-    /// The secret itself, for the one place that must send it.
+    /// The secret itself, for handing to a client library. Never log it.
     pub fn expose(&self) -> &str {
         &self.0
     }
@@ -88,61 +98,75 @@ impl std::fmt::Display for Secret {
     }
 }
 
-/// `storage.s3` (the registry's `s3`/`s3-aws` driver).
+/// The `s3` driver's parameters that locate and open the bucket (others, like `chunksize`, are ignored).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct S3Config {
+    /// `bucket`, required.
     pub bucket: String,
+    /// `region`.
     pub region: Option<String>,
-    /// `regionendpoint`: an S3-compatible server (MinIO, Ceph, …).
+    /// `regionendpoint`, e.g. `http://127.0.0.1:9000` for MinIO.
     pub region_endpoint: Option<String>,
-    /// `forcepathstyle` (3.x); `None` when absent.
+    /// `forcepathstyle` (registry 3.x); None when absent.
     pub force_path_style: Option<bool>,
-    /// `secure` (default true): https for an endpoint given without a scheme.
+    /// `secure`, default true.
     pub secure: bool,
+    /// `skipverify`, default false.
     pub skip_verify: bool,
-    /// Without leading or trailing `/`; empty for the bucket root.
+    /// `rootdirectory` without leading and trailing `/`; `""` is the bucket root.
     pub root_directory: String,
-    /// `accesskey`; `None` means the AWS credential chain.
+    /// `accesskey`; None (or empty) means the AWS credential chain from the environment.
     pub access_key: Option<String>,
+    /// `secretkey`.
     pub secret_key: Option<Secret>,
+    /// `sessiontoken`.
     pub session_token: Option<Secret>,
 }
 
-/// `storage.azure`.
+/// The `azure` driver's parameters.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AzureConfig {
+    /// `accountname`, required.
     pub account_name: String,
+    /// `accountkey`.
     pub account_key: Option<Secret>,
+    /// `container`, required.
     pub container: String,
     /// `realm` (the registry's default: `core.windows.net`).
     pub realm: Option<String>,
-    /// `serviceurl` (3.x), e.g. `http://127.0.0.1:10000/devstoreaccount1` for Azurite.
+    /// `serviceurl` (registry 3.x), e.g. `http://127.0.0.1:10000/devstoreaccount1` for Azurite.
     pub service_url: Option<String>,
+    /// `rootdirectory` without leading and trailing `/`; `""` is the container root.
     pub root_directory: String,
+    /// How to authenticate.
     pub credentials: AzureCredentials,
 }
 
-/// How regsweep signs in to Azure (`storage.azure.credentials.type` in 3.x).
+/// How the `azure` driver authenticates. Like the registry, a non-empty `accountkey` wins over `credentials`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AzureCredentials {
-    /// The account key (`accountkey`).
+    /// The account key (`accountkey` is then set): the default when `accountkey` is set, or `credentials: {type: shared_key}`.
     SharedKey,
+    /// `credentials: {type: client_secret, clientid, tenantid, secret}`.
     ClientSecret {
         client_id: String,
         tenant_id: String,
         secret: Secret,
     },
-    /// The Azure credential chain: environment, workload identity, managed identity.
+    /// `credentials: {type: default_credentials}`, or neither `accountkey` nor `credentials`.
     DefaultCredentials,
 }
 
-/// `storage.gcs`.
+/// The `gcs` driver's parameters.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GcsConfig {
+    /// `bucket`, required.
     pub bucket: String,
+    /// `keyfile`: a service-account key file. The registry prefers it over `credentials`.
     pub keyfile: Option<PathBuf>,
-    /// The `credentials` map (a service account), as JSON.
+    /// The `credentials` map (service-account fields), re-serialised as JSON.
     pub credentials_json: Option<Secret>,
+    /// `rootdirectory` without leading and trailing `/`; `""` is the bucket root.
     pub root_directory: String,
 }
 
@@ -186,6 +210,17 @@ pub enum ConfigError {
         key: String,
         expected: &'static str,
     },
+    #[error("{}: `{key}` is required", origin(path, overrides))]
+    Missing {
+        path: PathBuf,
+        overrides: Vec<String>,
+        key: String,
+    },
+    #[error(
+        "the `{driver}` storage driver is not supported (supported: {})",
+        SUPPORTED_DRIVERS.join(", ")
+    )]
+    UnsupportedDriver { driver: String },
     #[error("environment variable {name}: {reason}")]
     Env {
         name: String,
@@ -193,14 +228,6 @@ pub enum ConfigError {
         #[source]
         source: Option<serde_yaml_ng::Error>,
     },
-    #[error("{}: `{key}` is required", origin(path, overrides))]
-    Missing {
-        path: PathBuf,
-        overrides: Vec<String>,
-        key: String,
-    },
-    #[error("the `{driver}` storage driver is not supported (supported: {SUPPORTED_DRIVERS})")]
-    UnsupportedDriver { driver: String },
     #[error("--storage {url:?} is not one of: {URL_FORMS}")]
     StorageUrl { url: String },
     #[error("--storage {url:?}: {reason}")]
@@ -257,9 +284,11 @@ pub fn parse_registry_config(
     source.storage_config(&storage)
 }
 
-/// Parses `--storage`: `file:///abs/path` or a plain path → Filesystem; `s3://bucket/root?…`,
-/// `az://container/root?account=…` (or `azure://`), `gs://bucket/root` → the object stores, with
-/// credentials from the environment; anything else → error.
+/// Parses `--storage`: `file:///abs/path` or a plain absolute/relative filesystem path → Filesystem;
+/// `s3://bucket/root?endpoint=URL&region=R&force_path_style=BOOL&skip_verify=BOOL` → S3 (credentials from
+/// the environment; `secure` unless the endpoint is `http://`); `az://container/root?account=NAME&endpoint=URL`
+/// (or `azure://`) → Azure with default credentials; `gs://bucket/root` → GCS; anything else → error.
+/// Query values are percent-decoded; unknown or repeated query parameters are errors.
 pub fn parse_storage_url(url: &str) -> Result<StorageConfig, ConfigError> {
     let bad = || ConfigError::StorageUrl {
         url: url.to_owned(),
@@ -286,59 +315,32 @@ pub fn parse_storage_url(url: &str) -> Result<StorageConfig, ConfigError> {
     if !matches!(scheme.as_str(), "s3" | "az" | "azure" | "gs") || rest.contains('#') {
         return Err(bad());
     }
-    let (location, query) = rest.split_once('?').unwrap_or((rest, ""));
+    let (location, query) = match rest.split_once('?') {
+        Some((location, query)) => (location, query),
+        None => (rest, ""),
+    };
     let (bucket, root) = location.split_once('/').unwrap_or((location, ""));
     if bucket.is_empty() {
         return Err(bad()); // no bucket or container
     }
     let bucket = percent_decode(bucket).ok_or_else(bad)?;
-    let root_directory = trim_root(&percent_decode(root).ok_or_else(bad)?);
-    let mut params = std::collections::BTreeMap::new();
-    for pair in query.split('&').filter(|p| !p.is_empty()) {
-        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        params.insert(key.to_owned(), percent_decode(value).ok_or_else(bad)?);
-    }
-    let parameter_error = |reason: String| ConfigError::StorageUrlParameter {
-        url: url.to_owned(),
-        reason,
-    };
-    let allowed: &[&str] = match scheme.as_str() {
-        "s3" => &["endpoint", "region", "force_path_style", "skip_verify"],
-        "gs" => &[],
-        _ => &["account", "endpoint"],
-    };
-    if let Some(unknown) = params.keys().find(|k| !allowed.contains(&k.as_str())) {
-        let known = if allowed.is_empty() {
-            "none".to_owned()
-        } else {
-            allowed.join(", ")
-        };
-        return Err(parameter_error(format!(
-            "unknown parameter `{unknown}` (known: {known})"
-        )));
-    }
-    let flag = |name: &str| -> Result<Option<bool>, ConfigError> {
-        match params.get(name).map(String::as_str) {
-            None => Ok(None),
-            Some("true") => Ok(Some(true)),
-            Some("false") => Ok(Some(false)),
-            Some(other) => Err(parameter_error(format!(
-                "`{name}` must be true or false, not {other:?}"
-            ))),
-        }
-    };
-    Ok(match scheme.as_str() {
+    let root_directory = trim_root(&percent_decode(root).ok_or_else(bad)?).to_owned();
+    let mut query = UrlQuery::parse(url, &scheme, query)?;
+    let config = match scheme.as_str() {
         "s3" => {
-            let endpoint = params.get("endpoint").cloned();
+            let region_endpoint = query.take("endpoint");
+            let secure = !region_endpoint.as_deref().is_some_and(|endpoint| {
+                endpoint
+                    .get(..7)
+                    .is_some_and(|s| s.eq_ignore_ascii_case("http://"))
+            });
             StorageConfig::S3(S3Config {
                 bucket,
-                region: params.get("region").cloned(),
-                secure: !endpoint
-                    .as_deref()
-                    .is_some_and(|e| e.starts_with("http://")),
-                region_endpoint: endpoint,
-                force_path_style: flag("force_path_style")?,
-                skip_verify: flag("skip_verify")?.unwrap_or(false),
+                region: query.take("region"),
+                region_endpoint,
+                force_path_style: query.take_bool("force_path_style")?,
+                secure,
+                skip_verify: query.take_bool("skip_verify")?.unwrap_or(false),
                 root_directory,
                 access_key: None,
                 secret_key: None,
@@ -351,25 +353,105 @@ pub fn parse_storage_url(url: &str) -> Result<StorageConfig, ConfigError> {
             credentials_json: None,
             root_directory,
         }),
-        _ => StorageConfig::Azure(AzureConfig {
-            account_name: params
-                .get("account")
-                .filter(|a| !a.is_empty())
-                .cloned()
-                .ok_or_else(|| parameter_error("az:// URL needs ?account=NAME".to_owned()))?,
-            account_key: None,
-            container: bucket,
-            realm: None,
-            service_url: params.get("endpoint").cloned(),
-            root_directory,
-            credentials: AzureCredentials::DefaultCredentials,
-        }),
-    })
+        _ => {
+            let Some(account_name) = query.take("account") else {
+                return Err(query.error(format!("{scheme}:// URL needs ?account=NAME")));
+            };
+            StorageConfig::Azure(AzureConfig {
+                account_name,
+                account_key: None,
+                container: bucket,
+                realm: None,
+                service_url: query.take("endpoint"),
+                root_directory,
+                credentials: AzureCredentials::DefaultCredentials,
+            })
+        }
+    };
+    query.finish()?;
+    Ok(config)
 }
 
-/// `rootdirectory` of an object store: no leading or trailing `/`.
-fn trim_root(root: &str) -> String {
-    root.trim_matches('/').to_owned()
+/// The query of a `--storage` URL: parameters are taken out one by one; what is left is unknown.
+struct UrlQuery<'a> {
+    url: &'a str,
+    scheme: &'a str,
+    params: Vec<(String, String)>,
+}
+
+impl<'a> UrlQuery<'a> {
+    fn parse(url: &'a str, scheme: &'a str, query: &str) -> Result<UrlQuery<'a>, ConfigError> {
+        let mut this = UrlQuery {
+            url,
+            scheme,
+            params: Vec::new(),
+        };
+        for param in query.split('&').filter(|p| !p.is_empty()) {
+            let (name, value) = param.split_once('=').unwrap_or((param, ""));
+            let (Some(name), Some(value)) = (percent_decode(name), percent_decode(value)) else {
+                return Err(this.error(format!("bad percent-encoding in `{param}`")));
+            };
+            if this.params.iter().any(|(n, _)| *n == name) {
+                return Err(this.error(format!("query parameter `{name}` is given twice")));
+            }
+            this.params.push((name, value));
+        }
+        Ok(this)
+    }
+
+    /// The value of `name`, None if absent or empty.
+    fn take(&mut self, name: &str) -> Option<String> {
+        let at = self.params.iter().position(|(n, _)| n == name)?;
+        Some(self.params.remove(at).1).filter(|v| !v.is_empty())
+    }
+
+    fn take_bool(&mut self, name: &str) -> Result<Option<bool>, ConfigError> {
+        match self.take(name) {
+            None => Ok(None),
+            Some(value) => match parse_bool(&value) {
+                Some(b) => Ok(Some(b)),
+                None => Err(self.error(format!(
+                    "query parameter `{name}` must be true or false, not {value:?}"
+                ))),
+            },
+        }
+    }
+
+    fn finish(self) -> Result<(), ConfigError> {
+        let Some((name, _)) = self.params.first() else {
+            return Ok(());
+        };
+        let known = match self.scheme {
+            "s3" => "endpoint, region, force_path_style, skip_verify",
+            "gs" => "none",
+            _ => "account, endpoint",
+        };
+        Err(self.error(format!(
+            "unknown query parameter `{name}` ({}:// accepts: {known})",
+            self.scheme
+        )))
+    }
+
+    fn error(&self, reason: String) -> ConfigError {
+        ConfigError::StorageUrlParameter {
+            url: self.url.to_owned(),
+            reason,
+        }
+    }
+}
+
+/// A boolean as Go's `strconv.ParseBool` reads it, which the registry uses for string values.
+fn parse_bool(s: &str) -> Option<bool> {
+    match s {
+        "1" | "t" | "T" | "true" | "TRUE" | "True" => Some(true),
+        "0" | "f" | "F" | "false" | "FALSE" | "False" => Some(false),
+        _ => None,
+    }
+}
+
+/// A root directory inside a bucket or container: the registry trims `/` on both sides.
+fn trim_root(root: &str) -> &str {
+    root.trim_matches('/')
 }
 
 /// One `REGISTRY_STORAGE*` variable: the key path below `storage`, lower-cased, and its parsed value.
@@ -504,6 +586,12 @@ impl Source<'_> {
                 });
             }
         };
+        // The registry registers its S3 driver as both `s3` and `s3aws`.
+        if !SUPPORTED_DRIVERS.contains(&driver) && driver != "s3aws" {
+            return Err(ConfigError::UnsupportedDriver {
+                driver: driver.to_owned(),
+            });
+        }
         let params = match params {
             Value::Null => None,
             Value::Mapping(params) => Some(params),
@@ -512,37 +600,17 @@ impl Source<'_> {
                 return Err(self.ill_typed(key, "a mapping of driver parameters"));
             }
         };
-        let empty = Mapping::new();
         let params = Params {
             source: self,
-            driver,
-            map: params.unwrap_or(&empty),
+            prefix: format!("storage.{driver}"),
+            map: params,
         };
         match driver {
-            "filesystem" => {}
-            "s3" | "s3-aws" => return params.s3().map(StorageConfig::S3),
-            "azure" => return params.azure().map(StorageConfig::Azure),
-            "gcs" => return params.gcs().map(StorageConfig::Gcs),
-            _ => {
-                return Err(ConfigError::UnsupportedDriver {
-                    driver: driver.to_owned(),
-                });
-            }
+            "s3" | "s3aws" => params.s3().map(StorageConfig::S3),
+            "azure" => params.azure().map(StorageConfig::Azure),
+            "gcs" => params.gcs().map(StorageConfig::Gcs),
+            _ => params.filesystem(),
         }
-        let params = Some(params.map).filter(|m| !m.is_empty());
-        let root_directory = match params.and_then(|p| p.get("rootdirectory")) {
-            None => DEFAULT_ROOT_DIRECTORY,
-            Some(Value::String(root)) if !root.is_empty() => root,
-            Some(_) => {
-                return Err(self.ill_typed(
-                    "storage.filesystem.rootdirectory",
-                    "a non-empty string: the directory that holds docker/registry/v2",
-                ));
-            }
-        };
-        Ok(StorageConfig::Filesystem {
-            root_directory: root_directory.into(),
-        })
     }
 
     fn no_driver(&self) -> ConfigError {
@@ -560,58 +628,101 @@ impl Source<'_> {
             expected,
         }
     }
+
+    fn missing(&self, key: impl Into<String>) -> ConfigError {
+        ConfigError::Missing {
+            path: self.path.to_owned(),
+            overrides: self.overrides.clone(),
+            key: key.into(),
+        }
+    }
 }
 
-/// The parameters of one driver, read with the registry's types and key names.
+/// The parameters of a driver (or a map inside them), read the way the registry reads them: keys
+/// exactly as written, scalars as strings where a string is expected, `~` as absent.
 struct Params<'a> {
     source: &'a Source<'a>,
-    driver: &'a str,
-    map: &'a Mapping,
+    /// The key path of this map, such as `storage.s3`.
+    prefix: String,
+    map: Option<&'a Mapping>,
 }
 
-impl Params<'_> {
+impl<'a> Params<'a> {
     fn key(&self, key: &str) -> String {
-        format!("storage.{}.{key}", self.driver)
+        format!("{}.{key}", self.prefix)
     }
 
-    /// A string parameter; numbers and booleans are taken as their text, as the registry's
-    /// `fmt.Sprint` does. Absent, null or empty → `None`.
+    fn get(&self, key: &str) -> Option<&'a Value> {
+        self.map?.get(key).filter(|v| !v.is_null())
+    }
+
+    /// A string, number or boolean as a string (the registry's `fmt.Sprint`); None if absent, `~` or empty.
     fn string(&self, key: &str) -> Result<Option<String>, ConfigError> {
-        Ok(match self.map.get(key) {
-            None | Some(Value::Null) => None,
-            Some(Value::String(s)) => Some(s.clone()).filter(|s| !s.is_empty()),
-            Some(Value::Number(n)) => Some(n.to_string()),
-            Some(Value::Bool(b)) => Some(b.to_string()),
-            Some(_) => return Err(self.source.ill_typed(self.key(key), "a string")),
-        })
+        let Some(value) = self.get(key) else {
+            return Ok(None);
+        };
+        let string = match value {
+            Value::String(s) => s.clone(),
+            Value::Number(n) => n.to_string(),
+            Value::Bool(b) => b.to_string(),
+            _ => return Err(self.source.ill_typed(self.key(key), "a string")),
+        };
+        Ok(Some(string).filter(|s| !s.is_empty()))
     }
 
     fn required(&self, key: &str) -> Result<String, ConfigError> {
-        self.string(key)?.ok_or_else(|| ConfigError::Missing {
-            path: self.source.path.to_owned(),
-            overrides: self.source.overrides.clone(),
-            key: self.key(key),
-        })
+        self.string(key)?
+            .ok_or_else(|| self.source.missing(self.key(key)))
     }
 
     fn secret(&self, key: &str) -> Result<Option<Secret>, ConfigError> {
         Ok(self.string(key)?.map(Secret))
     }
 
-    fn flag(&self, key: &str) -> Result<Option<bool>, ConfigError> {
-        match self.map.get(key) {
-            None | Some(Value::Null) => Ok(None),
+    /// A YAML boolean, or a string that Go's `strconv.ParseBool` accepts (`"true"`, `"false"`, …).
+    fn bool(&self, key: &str) -> Result<Option<bool>, ConfigError> {
+        match self.get(key) {
+            None => Ok(None),
             Some(Value::Bool(b)) => Ok(Some(*b)),
-            Some(Value::String(s)) if s.eq_ignore_ascii_case("true") => Ok(Some(true)),
-            Some(Value::String(s)) if s.eq_ignore_ascii_case("false") => Ok(Some(false)),
-            Some(_) => Err(self.source.ill_typed(self.key(key), "true or false")),
+            Some(Value::String(s)) if parse_bool(s).is_some() => Ok(parse_bool(s)),
+            Some(_) => Err(self
+                .source
+                .ill_typed(self.key(key), "a boolean (true or false)")),
         }
     }
 
-    fn root(&self) -> Result<String, ConfigError> {
-        Ok(trim_root(
-            &self.string("rootdirectory")?.unwrap_or_default(),
-        ))
+    /// `rootdirectory` inside a bucket or container: trimmed of `/`; absent means the root.
+    fn root_directory(&self) -> Result<String, ConfigError> {
+        Ok(trim_root(&self.string("rootdirectory")?.unwrap_or_default()).to_owned())
+    }
+
+    /// A nested map, such as `storage.azure.credentials`; None if absent or `~`.
+    fn map(&self, key: &str, expected: &'static str) -> Result<Option<Params<'a>>, ConfigError> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(Value::Mapping(map)) => Ok(Some(Params {
+                source: self.source,
+                prefix: self.key(key),
+                map: Some(map),
+            })),
+            Some(_) => Err(self.source.ill_typed(self.key(key), expected)),
+        }
+    }
+
+    fn filesystem(&self) -> Result<StorageConfig, ConfigError> {
+        let root_directory = match self.map.and_then(|p| p.get("rootdirectory")) {
+            None => DEFAULT_ROOT_DIRECTORY,
+            Some(Value::String(root)) if !root.is_empty() => root,
+            Some(_) => {
+                return Err(self.source.ill_typed(
+                    "storage.filesystem.rootdirectory",
+                    "a non-empty string: the directory that holds docker/registry/v2",
+                ));
+            }
+        };
+        Ok(StorageConfig::Filesystem {
+            root_directory: root_directory.into(),
+        })
     }
 
     fn s3(&self) -> Result<S3Config, ConfigError> {
@@ -619,10 +730,10 @@ impl Params<'_> {
             bucket: self.required("bucket")?,
             region: self.string("region")?,
             region_endpoint: self.string("regionendpoint")?,
-            force_path_style: self.flag("forcepathstyle")?,
-            secure: self.flag("secure")?.unwrap_or(true),
-            skip_verify: self.flag("skipverify")?.unwrap_or(false),
-            root_directory: self.root()?,
+            force_path_style: self.bool("forcepathstyle")?,
+            secure: self.bool("secure")?.unwrap_or(true),
+            skip_verify: self.bool("skipverify")?.unwrap_or(false),
+            root_directory: self.root_directory()?,
             access_key: self.string("accesskey")?,
             secret_key: self.secret("secretkey")?,
             session_token: self.secret("sessiontoken")?,
@@ -630,72 +741,81 @@ impl Params<'_> {
     }
 
     fn azure(&self) -> Result<AzureConfig, ConfigError> {
+        let account_name = self.required("accountname")?;
+        let container = self.required("container")?;
         let account_key = self.secret("accountkey")?;
-        let credentials = match self.map.get("credentials") {
-            None | Some(Value::Null) => None,
-            Some(Value::Mapping(map)) => Some(Params {
-                source: self.source,
-                driver: "azure.credentials",
-                map,
-            }),
-            Some(_) => return Err(self.source.ill_typed(self.key("credentials"), "a mapping")),
-        };
+        let credentials = self.map("credentials", "a mapping with `type` and its parameters")?;
         let kind = match &credentials {
-            Some(c) => c.string("type")?,
+            Some(credentials) => credentials.string("type")?,
             None => None,
         };
-        let credentials = match (kind.as_deref(), &credentials) {
-            (Some("client_secret"), Some(c)) => AzureCredentials::ClientSecret {
-                client_id: c.required("clientid")?,
-                tenant_id: c.required("tenantid")?,
-                secret: Secret(c.required("secret")?),
-            },
-            (Some("default_credentials"), _) => AzureCredentials::DefaultCredentials,
-            (Some("shared_key"), _) if account_key.is_none() => {
-                return Err(ConfigError::Missing {
-                    path: self.source.path.to_owned(),
-                    overrides: self.source.overrides.clone(),
-                    key: self.key("accountkey"),
-                });
+        let credentials = match (kind.as_deref(), &account_key, credentials) {
+            // The registry uses a non-empty account key whatever `credentials` says.
+            (_, Some(_), _) => AzureCredentials::SharedKey,
+            (Some("shared_key"), None, _) => {
+                return Err(self.source.missing(self.key("accountkey")));
             }
-            (Some("shared_key"), _) => AzureCredentials::SharedKey,
-            (Some(_), _) => {
+            (Some("client_secret"), None, Some(credentials)) => AzureCredentials::ClientSecret {
+                client_id: credentials.required("clientid")?,
+                tenant_id: credentials.required("tenantid")?,
+                secret: Secret(credentials.required("secret")?),
+            },
+            (None | Some("default_credentials"), None, _) => AzureCredentials::DefaultCredentials,
+            (Some(_), None, _) => {
                 return Err(self.source.ill_typed(
-                    "storage.azure.credentials.type",
-                    "one of shared_key, client_secret, default_credentials",
+                    self.key("credentials.type"),
+                    "one of client_secret, shared_key, default_credentials",
                 ));
             }
-            (None, _) if account_key.is_some() => AzureCredentials::SharedKey,
-            (None, _) => AzureCredentials::DefaultCredentials,
         };
         Ok(AzureConfig {
-            account_name: self.required("accountname")?,
+            account_name,
             account_key,
-            container: self.required("container")?,
+            container,
             realm: self.string("realm")?,
             service_url: self.string("serviceurl")?,
-            root_directory: self.root()?,
+            root_directory: self.root_directory()?,
             credentials,
         })
     }
 
     fn gcs(&self) -> Result<GcsConfig, ConfigError> {
-        let credentials_json = match self.map.get("credentials") {
-            None | Some(Value::Null) => None,
-            Some(Value::Mapping(map)) => {
-                let json = serde_json::to_string(map).map_err(|_| {
-                    self.source
-                        .ill_typed(self.key("credentials"), "a service account mapping")
+        let keyfile = match self.get("keyfile") {
+            None => None,
+            Some(_) => Some(
+                self.string("keyfile")?
+                    .ok_or_else(|| {
+                        self.source.ill_typed(
+                            self.key("keyfile"),
+                            "the path of a service-account key file",
+                        )
+                    })?
+                    .into(),
+            ),
+        };
+        let credentials_json = match self.get("credentials") {
+            None => None,
+            Some(credentials @ Value::Mapping(map)) if map.keys().all(Value::is_string) => {
+                let json = serde_json::to_string(credentials).map_err(|_| {
+                    self.source.ill_typed(
+                        self.key("credentials"),
+                        "service-account fields that JSON can hold",
+                    )
                 })?;
                 Some(Secret(json))
             }
-            Some(_) => return Err(self.source.ill_typed(self.key("credentials"), "a mapping")),
+            Some(_) => {
+                return Err(self.source.ill_typed(
+                    self.key("credentials"),
+                    "a mapping of service-account fields (type, project_id, private_key, …)",
+                ));
+            }
         };
         Ok(GcsConfig {
             bucket: self.required("bucket")?,
-            keyfile: self.string("keyfile")?.map(PathBuf::from),
+            keyfile,
             credentials_json,
-            root_directory: self.root()?,
+            root_directory: self.root_directory()?,
         })
     }
 }
@@ -840,9 +960,9 @@ storage:
         assert_eq!(config.force_path_style, Some(false));
         assert_eq!(config.session_token, Some(Secret::new("tok")));
         assert_eq!(config.root_directory, "");
-        // The registry's `s3-aws` alias.
+        // The registry's `s3aws` alias.
         assert!(matches!(
-            parse("storage:\n  s3-aws: {bucket: b}\n", &[]).unwrap(),
+            parse("storage:\n  s3aws: {bucket: b}\n", &[]).unwrap(),
             StorageConfig::S3(_)
         ));
     }
@@ -991,6 +1111,146 @@ storage:
             assert!(
                 message.contains(key) && message.contains(ORIGIN),
                 "{text}: {message}"
+            );
+        }
+    }
+
+    #[test]
+    fn secrets_never_print() {
+        let secret = Secret::new("hunter2");
+        assert_eq!(format!("{secret:?} {secret}"), "*** ***");
+        assert_eq!(secret.expose(), "hunter2");
+        let text = "storage:\n  s3:\n    bucket: b\n    accesskey: AKID\n    secretkey: hunter2\n    \
+                    sessiontoken: tok3n\n";
+        let debug = format!("{:?}", parse(text, &[]).unwrap());
+        assert!(
+            !debug.contains("hunter2") && !debug.contains("tok3n") && debug.contains("AKID"),
+            "{debug}"
+        );
+    }
+
+    #[test]
+    fn object_store_values_are_typed_like_the_registry() {
+        // Scalars where a string is expected are taken as text; booleans may be strings.
+        let text = "storage:\n  s3:\n    bucket: 123\n    region: true\n    secure: \"False\"\n    \
+                    skipverify: \"1\"\n    forcepathstyle: \"true\"\n    rootdirectory: /\n    accesskey: \"\"\n";
+        assert_eq!(
+            parse(text, &[]).unwrap(),
+            StorageConfig::S3(S3Config {
+                region: Some("true".into()),
+                secure: false,
+                skip_verify: true,
+                force_path_style: Some(true),
+                ..s3("123", "")
+            })
+        );
+        // Environment values are YAML: `false` is a boolean, a number is a string where one is expected.
+        let vars = [
+            ("REGISTRY_STORAGE_S3_SECURE", "false"),
+            ("REGISTRY_STORAGE_S3_BUCKET", "42"),
+            ("REGISTRY_STORAGE_S3_ROOTDIRECTORY", "/a/b/"),
+        ];
+        let config = parse("storage:\n  s3:\n    bucket: b\n", &vars).unwrap();
+        assert_eq!(
+            config,
+            StorageConfig::S3(S3Config {
+                secure: false,
+                ..s3("42", "a/b")
+            })
+        );
+        let vars = [("REGISTRY_STORAGE_S3_SKIPVERIFY", "maybe")];
+        let err = parse("storage:\n  s3:\n    bucket: b\n", &vars).unwrap_err();
+        let message = err.to_string();
+        assert!(
+            matches!(&err, ConfigError::IllTyped { key, .. } if key == "storage.s3.skipverify")
+                && message.contains("REGISTRY_STORAGE_S3_SKIPVERIFY"),
+            "{message}"
+        );
+        let err = parse("storage:\n  s3:\n    region: r\n", &[]).unwrap_err();
+        assert!(
+            matches!(&err, ConfigError::Missing { key, .. } if key == "storage.s3.bucket"),
+            "{err:?}"
+        );
+        assert_eq!(
+            err.to_string(),
+            format!("{ORIGIN}: `storage.s3.bucket` is required")
+        );
+        let text =
+            "storage:\n  azure:\n    accountname: 123\n    container: c\n    accountkey: ~\n";
+        let StorageConfig::Azure(config) = parse(text, &[]).unwrap() else {
+            panic!("not azure")
+        };
+        assert_eq!(config.account_name, "123");
+        assert_eq!(config.account_key, None);
+        assert_eq!(config.credentials, AzureCredentials::DefaultCredentials);
+    }
+
+    #[test]
+    fn azure_account_key_wins_like_the_registry() {
+        let text = "storage:\n  azure:\n    accountname: a\n    container: c\n    accountkey: k3y\n    \
+                    credentials: {type: client_secret, clientid: i, tenantid: t, secret: s}\n";
+        let StorageConfig::Azure(config) = parse(text, &[]).unwrap() else {
+            panic!("not azure")
+        };
+        assert_eq!(config.credentials, AzureCredentials::SharedKey);
+        let text = "storage:\n  azure:\n    accountname: a\n    container: c\n    \
+                    credentials: {type: default_credentials}\n";
+        let StorageConfig::Azure(config) = parse(text, &[]).unwrap() else {
+            panic!("not azure")
+        };
+        assert_eq!(config.credentials, AzureCredentials::DefaultCredentials);
+        for (text, key) in [
+            (
+                "storage:\n  azure:\n    accountname: a\n    container: c\n    credentials: {type: client_secret, clientid: i, secret: s}\n",
+                "storage.azure.credentials.tenantid",
+            ),
+            (
+                "storage:\n  azure:\n    accountname: a\n    container: c\n    credentials: client_secret\n",
+                "storage.azure.credentials",
+            ),
+            (
+                "storage:\n  azure:\n    accountname: \"\"\n    container: c\n",
+                "storage.azure.accountname",
+            ),
+        ] {
+            let message = parse(text, &[]).unwrap_err().to_string();
+            assert!(message.contains(&format!("`{key}`")), "{text}: {message}");
+        }
+    }
+
+    #[test]
+    fn gcs_credentials_become_json() {
+        let text = "storage:\n  gcs:\n    bucket: b\n    credentials:\n      type: service_account\n      \
+                    project_id: p\n      private_key: K\n";
+        let StorageConfig::Gcs(config) = parse(text, &[]).unwrap() else {
+            panic!("not gcs")
+        };
+        assert_eq!(
+            config.credentials_json.map(|j| j.expose().to_owned()),
+            Some(r#"{"type":"service_account","project_id":"p","private_key":"K"}"#.into())
+        );
+        assert_eq!(
+            (config.keyfile, config.root_directory),
+            (None, String::new())
+        );
+        for (text, key) in [
+            (
+                "storage:\n  gcs:\n    bucket: b\n    credentials: /key.json\n",
+                "storage.gcs.credentials",
+            ),
+            (
+                "storage:\n  gcs:\n    bucket: b\n    keyfile: \"\"\n",
+                "storage.gcs.keyfile",
+            ),
+            (
+                "storage:\n  gcs:\n    bucket: b\n    rootdirectory: {a: b}\n",
+                "storage.gcs.rootdirectory",
+            ),
+        ] {
+            let err = parse(text, &[]).unwrap_err();
+            assert!(
+                matches!(&err, ConfigError::IllTyped { key: k, .. } if k == key),
+                "{text}: {err:?}"
             );
         }
     }
@@ -1217,8 +1477,58 @@ storage:
         assert!(
             matches!(ok("gs://b/x"), StorageConfig::Gcs(GcsConfig { ref bucket, ref root_directory, .. }) if bucket == "b" && root_directory == "x")
         );
+        assert_eq!(
+            ok(
+                "s3://bucket/some/root?endpoint=http://127.0.0.1:9000&region=us-east-1&force_path_style=true&skip_verify=false"
+            ),
+            StorageConfig::S3(S3Config {
+                region_endpoint: Some("http://127.0.0.1:9000".into()),
+                region: Some("us-east-1".into()),
+                force_path_style: Some(true),
+                secure: false,
+                ..s3("bucket", "some/root")
+            })
+        );
+        assert_eq!(
+            ok("S3://b?endpoint=https://minio.example&force_path_style=0"),
+            StorageConfig::S3(S3Config {
+                region_endpoint: Some("https://minio.example".into()),
+                force_path_style: Some(false),
+                ..s3("b", "")
+            })
+        );
+        assert_eq!(
+            ok("az://container/root?account=NAME&endpoint=http://127.0.0.1:10000/devstoreaccount1"),
+            StorageConfig::Azure(AzureConfig {
+                account_name: "NAME".into(),
+                account_key: None,
+                container: "container".into(),
+                realm: None,
+                service_url: Some("http://127.0.0.1:10000/devstoreaccount1".into()),
+                root_directory: "root".into(),
+                credentials: AzureCredentials::DefaultCredentials,
+            })
+        );
+        assert_eq!(
+            ok("gs://bucket/my%20root/"),
+            StorageConfig::Gcs(GcsConfig {
+                bucket: "bucket".into(),
+                keyfile: None,
+                credentials_json: None,
+                root_directory: "my root".into(),
+            })
+        );
+        let message = parse_storage_url("az://c").unwrap_err().to_string();
+        assert!(
+            message.contains("az:// URL needs ?account=NAME"),
+            "{message}"
+        );
         for (url, needle) in [
             ("az://container", "account"),
+            ("azure://container?account=", "account=NAME"),
+            ("az://c?account=a&account=b", "account"),
+            ("az://c?account=a&region=r", "region"),
+            ("s3://b?endpoint=%zz", "%zz"),
             ("s3://b?colour=blue", "colour"),
             ("s3://b?force_path_style=yes", "force_path_style"),
             ("gs://b?region=x", "region"),
@@ -1237,7 +1547,10 @@ storage:
             "file:/x",
             "file:///x%zz",
             "s3://",
+            "s3:///root",
             "s3:bucket",
+            "gs://b/x#frag",
+            "az://?account=a",
             "",
         ] {
             let err = parse_storage_url(url).unwrap_err();
