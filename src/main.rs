@@ -12,6 +12,7 @@ use tracing_subscriber::EnvFilter;
 use cli::{Cli, Command, GcArgs, LogFormat, OutputFormat};
 use regsweep::config::{self, StorageConfig};
 use regsweep::gc::{Collection, GcOptions};
+use regsweep::report::error_chain;
 use regsweep::restart::run_restart_command;
 use regsweep::storage::{self, requests::RequestCounter};
 
@@ -28,7 +29,7 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            let message = error_chain(&e);
+            let message = error_chain(e.as_ref());
             tracing::error!("{message}");
             if cli.log_format == LogFormat::Text {
                 // Make the reason visible even when logs are filtered out.
@@ -37,22 +38,6 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-/// The error and its causes, each once: many errors (object_store's among them) already print
-/// their source, which `{:#}` would then print again.
-fn error_chain(error: &anyhow::Error) -> String {
-    let mut message = String::new();
-    for cause in error.chain() {
-        let text = cause.to_string();
-        if !message.contains(&text) {
-            if !message.is_empty() {
-                message.push_str(": ");
-            }
-            message.push_str(&text);
-        }
-    }
-    message
 }
 
 fn init_logging(format: LogFormat, quiet: bool) {

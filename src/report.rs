@@ -116,6 +116,21 @@ impl Summary {
     }
 }
 
+/// An error and its sources, each once: many errors (object_store's among them) already print
+/// their source, which printing the chain would repeat.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut message = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !message.contains(&text) {
+            message = format!("{message}: {text}");
+        }
+        source = cause.source();
+    }
+    message
+}
+
 fn count(n: usize) -> u64 {
     u64::try_from(n).expect("count fits in u64")
 }

@@ -166,6 +166,7 @@ pub struct Inventory {
 
 /// Lists the whole registry below `storage` with at most `concurrency` requests in flight.
 pub async fn scan(storage: &Arc<dyn Storage>, concurrency: usize) -> Result<Inventory, ScanError> {
+    storage.check_listing(layout::REPOSITORIES).await?;
     let top = storage.list_dir(layout::V2).await?;
     if top.objects.is_empty() && top.prefixes.is_empty() {
         return Err(ScanError::NotARegistry {

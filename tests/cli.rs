@@ -326,7 +326,7 @@ fn help_documents_every_option() {
 }
 
 #[test]
-fn an_unreachable_object_store_is_a_clear_error_after_retries() {
+fn an_unreachable_object_store_is_a_clear_error() {
     let out = Command::new(env!("CARGO_BIN_EXE_regsweep"))
         .args([
             "gc",
@@ -340,7 +340,11 @@ fn an_unreachable_object_store_is_a_clear_error_after_retries() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let stderr = text(&out.stderr);
-    for needle in ["listing the storage failed", "127.0.0.1:9", "retries"] {
+    for needle in [
+        "listing the storage failed",
+        "127.0.0.1:9",
+        "Connection refused",
+    ] {
         assert!(stderr.contains(needle), "{needle}: {stderr}");
     }
 }

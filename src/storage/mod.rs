@@ -125,6 +125,12 @@ pub trait Storage: fmt::Debug + fmt::Display + Send + Sync + 'static {
         Box::pin(async { Ok(0) })
     }
 
+    /// Checks, before anything is read, that listings below `prefix` can be trusted to be
+    /// complete (S3-compatible servers differ).
+    fn check_listing(&self, _prefix: &str) -> BoxFuture<'_, Result<(), StorageError>> {
+        Box::pin(async { Ok(()) })
+    }
+
     /// The multipart uploads in progress below `prefix`. Only S3 has them.
     fn multipart_uploads(
         &self,

@@ -33,6 +33,7 @@ use object_store::{ClientOptions, ObjectStore, ObjectStoreExt};
 use super::requests::{CountingConnector, RequestCounter};
 use super::{Listing, MultipartUpload, ObjectMeta, Storage, StorageError};
 use crate::config::{AzureConfig, AzureCredentials, GcsConfig, S3Config};
+use crate::report::error_chain;
 
 /// S3 DeleteObjects takes at most 1,000 keys.
 const S3_DELETE_BATCH: usize = 1_000;
@@ -86,7 +87,15 @@ impl ObjectStorage {
         let url = format!("s3://{}/{}", config.bucket, config.root_directory);
         // The AWS credential chain from the environment (keys, web identity, ECS, instance
         // metadata) unless the config names keys, as the registry does.
-        let mut builder = AmazonS3Builder::from_env()
+        // Static keys in the config are all the registry uses; without them, the AWS credential
+        // chain from the environment (keys, web identity, ECS, instance metadata).
+        let static_keys = config.access_key.as_deref().is_some_and(|k| !k.is_empty());
+        let builder = if static_keys {
+            AmazonS3Builder::new()
+        } else {
+            AmazonS3Builder::from_env()
+        };
+        let mut builder = builder
             .with_bucket_name(&config.bucket)
             .with_http_connector(CountingConnector {
                 counter: counter.clone(),
@@ -104,6 +113,14 @@ impl ObjectStorage {
                 format!("http://{endpoint}")
             };
             allow_http = endpoint.starts_with("http://");
+            // object_store takes a virtual-hosted endpoint as the bucket's own URL; the registry
+            // puts the bucket in front of the host.
+            let endpoint = match (config.force_path_style, endpoint.split_once("://")) {
+                (Some(false), Some((scheme, host))) => {
+                    format!("{scheme}://{}.{host}", config.bucket)
+                }
+                _ => endpoint,
+            };
             builder = builder.with_endpoint(endpoint);
         }
         // Path style unless the config asks for virtual-hosted style: it works on AWS and on every
@@ -214,7 +231,8 @@ impl ObjectStorage {
         if let Some(keyfile) = &config.keyfile {
             builder = builder.with_service_account_path(keyfile.to_string_lossy());
         }
-        if let Some(json) = &config.credentials_json {
+        // The registry prefers the key file when both are given.
+        if let (None, Some(json)) = (&config.keyfile, &config.credentials_json) {
             builder = builder.with_service_account_key(json.expose());
         }
         let store = builder
@@ -442,6 +460,11 @@ impl Storage for ObjectStorage {
                             key: prefix.clone(),
                             reason: format!("listing multipart uploads: {reason}"),
                         })?;
+                let Some(page) = page else {
+                    // Skipping aborts is safe: the uploads' objects still go.
+                    tracing::warn!("the S3 server does not list multipart uploads; none aborted");
+                    return Ok(Vec::new());
+                };
                 for upload in xml_elements(&page, "Upload") {
                     let field = |name| xml_elements(upload, name).first().map(|t| xml_unescape(t));
                     let (Some(key), Some(upload_id), Some(initiated)) =
@@ -461,11 +484,55 @@ impl Storage for ObjectStorage {
                 let truncated = xml_elements(&page, "IsTruncated").first() == Some(&"true");
                 let next = |name| xml_elements(&page, name).first().map(|t| xml_unescape(t));
                 match (truncated, next("NextKeyMarker"), next("NextUploadIdMarker")) {
-                    (true, Some(key), Some(id)) => markers = Some((key, id)),
+                    (true, Some(key), Some(id)) => {
+                        let next = Some((key, id));
+                        if next == markers {
+                            return Err(StorageError::ListFailed {
+                                key: prefix.clone(),
+                                reason: "listing multipart uploads: the server repeats a page"
+                                    .to_owned(),
+                            });
+                        }
+                        markers = next;
+                    }
                     _ => break,
                 }
             }
             Ok(uploads)
+        })
+    }
+
+    fn check_listing(&self, prefix: &str) -> BoxFuture<'_, Result<(), StorageError>> {
+        let prefix = prefix.to_owned();
+        Box::pin(async move {
+            let Some(multipart) = &self.multipart else {
+                return Ok(());
+            };
+            // object_store stops paging when a page has no continuation token, even if it says it
+            // is truncated: a server answering ListObjectsV2 the V1 way would have us see only the
+            // first 1,000 keys of each listing, and collect what the rest keeps alive.
+            let url = format!(
+                "{}?list-type=2&max-keys=1&prefix={}",
+                multipart.bucket_url,
+                query_encode(&format!("{}{prefix}", self.root))
+            );
+            let refuse = |reason: String| StorageError::ListFailed {
+                key: prefix.clone(),
+                reason,
+            };
+            let page = multipart.get(&url).await.map_err(refuse)?;
+            let page =
+                page.ok_or_else(|| refuse("the server does not implement ListObjectsV2".into()))?;
+            let truncated = xml_elements(&page, "IsTruncated").first() == Some(&"true");
+            let token = !xml_elements(&page, "NextContinuationToken").is_empty();
+            if !page.contains("<ListBucketResult") || (truncated && !token) {
+                return Err(refuse(
+                    "the server's ListObjectsV2 answer cannot be paged (no continuation token): \
+                     regsweep cannot list this storage completely"
+                        .to_owned(),
+                ));
+            }
+            Ok(())
         })
     }
 
@@ -493,7 +560,8 @@ impl Storage for ObjectStorage {
 
 impl S3Multipart {
     /// A signed GET, retried on throttling and server errors like object_store's own requests.
-    async fn get(&self, url: &str) -> Result<String, String> {
+    /// `None` when the server does not implement the request (501).
+    async fn get(&self, url: &str) -> Result<Option<String>, String> {
         let credentials = self
             .s3
             .credentials()
@@ -520,12 +588,24 @@ impl S3Multipart {
                         .map_err(|e| e.to_string())?;
                     let text = String::from_utf8_lossy(&body).into_owned();
                     if status.is_success() {
-                        return Ok(text);
+                        return Ok(Some(text));
                     }
-                    let retry = status.is_server_error() || status.as_u16() == 429;
-                    (retry, format!("{status}: {text}"))
+                    if status.as_u16() == 501 {
+                        return Ok(None);
+                    }
+                    // Only the code and message: some error bodies echo the signed request,
+                    // session token included.
+                    let field = |name| xml_elements(&text, name).first().map(|t| xml_unescape(t));
+                    let reason = format!(
+                        "{status} {}: {}",
+                        field("Code").unwrap_or_default(),
+                        field("Message").unwrap_or_default()
+                    );
+                    (status.is_server_error() || status.as_u16() == 429, reason)
                 }
-                Err(e) => (true, e.to_string()),
+                // Connection failures are retried a few times only: a wrong endpoint should
+                // fail fast.
+                Err(e) => (attempt < 3, format!("GET {url}: {}", error_chain(&e))),
             };
             match outcome {
                 (true, _) if attempt < 10 => {
