@@ -85,8 +85,6 @@ impl ObjectStorage {
     /// S3 or an S3-compatible server, configured like the registry's `s3` driver.
     pub fn s3(config: &S3Config, counter: &RequestCounter) -> Result<Self, StorageError> {
         let url = format!("s3://{}/{}", config.bucket, config.root_directory);
-        // The AWS credential chain from the environment (keys, web identity, ECS, instance
-        // metadata) unless the config names keys, as the registry does.
         // Static keys in the config are all the registry uses; without them, the AWS credential
         // chain from the environment (keys, web identity, ECS, instance metadata).
         let static_keys = config.access_key.as_deref().is_some_and(|k| !k.is_empty());
@@ -126,7 +124,7 @@ impl ObjectStorage {
         // Path style unless the config asks for virtual-hosted style: it works on AWS and on every
         // S3-compatible server, which often lack wildcard DNS.
         builder = builder.with_virtual_hosted_style_request(config.force_path_style == Some(false));
-        if let Some(key) = config.access_key.as_deref().filter(|k| !k.is_empty()) {
+        if let Some(key) = config.access_key.as_deref().filter(|_| static_keys) {
             builder = builder.with_access_key_id(key);
             if let Some(secret) = &config.secret_key {
                 builder = builder.with_secret_access_key(secret.expose());
