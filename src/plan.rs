@@ -114,6 +114,13 @@ pub struct PlanOptions {
     pub upload_cutoff: SystemTime,
 }
 
+impl PlanOptions {
+    /// An upload last active at `last_activity` may go: it is past both grace periods.
+    fn upload_is_stale(&self, last_activity: SystemTime) -> bool {
+        last_activity <= self.cutoff.min(self.upload_cutoff)
+    }
+}
+
 /// Everything the sweep will delete, ordered by phase.
 #[derive(Debug, Default)]
 pub struct SweepPlan {
@@ -145,39 +152,8 @@ pub fn plan(inventory: &Inventory, marks: &MarkSet, options: PlanOptions) -> Swe
         options,
         Phase::EmptyDirectories,
     ));
+    plan_multipart_uploads(inventory, options, &mut plan);
     // Stable: within a phase, the order above (repository by repository, blobs by digest) stays.
-    // Multipart uploads of stale uploads: listings do not show them, but they are stored and billed.
-    let upload_cutoff = options.cutoff.min(options.upload_cutoff);
-    for upload in &inventory.multipart_uploads {
-        let key = layout::parse_repository_key(&upload.key);
-        let (Some(name), RepositoryObject::Upload { id }) = (key.repository, key.object) else {
-            continue; // not the registry's: leave it
-        };
-        // The upload's own files tell its last activity (each PATCH writes them); the multipart
-        // upload's start time only says when it began.
-        let files = inventory
-            .repositories
-            .binary_search_by(|r| r.name.as_str().cmp(name))
-            .ok()
-            .and_then(|r| {
-                inventory.repositories[r]
-                    .uploads
-                    .iter()
-                    .find(|u| u.id == id)
-            });
-        let stale = match files {
-            Some(files) => files.last_activity() <= upload_cutoff,
-            None => upload.initiated <= upload_cutoff,
-        };
-        if stale {
-            plan.deletions.push(Deletion {
-                phase: Phase::Uploads,
-                kind: Kind::MultipartUpload,
-                target: Target::Multipart(upload.clone()),
-                bytes: 0,
-            });
-        }
-    }
     plan.deletions.sort_by_key(|d| d.phase);
     plan
 }
@@ -287,11 +263,10 @@ fn plan_repository(
 
     // Uploads and empty directories: by age. In a repository with nothing else left, they are what
     // remains of it, and go in the repositories phase.
-    let upload_cutoff = options.cutoff.min(options.upload_cutoff);
     let stale_uploads: Vec<Deletion> = repo
         .uploads
         .iter()
-        .filter(|u| u.last_activity() <= upload_cutoff)
+        .filter(|u| options.upload_is_stale(u.last_activity()))
         .map(|u| Deletion {
             phase: Phase::Uploads,
             kind: Kind::Upload,
@@ -312,6 +287,38 @@ fn plan_repository(
         plan.repositories_deleted.push(repo.name.clone());
     }
     plan.deletions.extend(deletions);
+}
+
+/// Multipart uploads of stale uploads (S3): listings do not show them, but they are stored and
+/// billed.
+fn plan_multipart_uploads(inventory: &Inventory, options: PlanOptions, plan: &mut SweepPlan) {
+    for upload in &inventory.multipart_uploads {
+        let key = layout::parse_repository_key(&upload.key);
+        let (Some(name), RepositoryObject::Upload { id }) = (key.repository, key.object) else {
+            continue; // not the registry's: leave it
+        };
+        // The upload's own files tell its last activity (each PATCH writes them); the multipart
+        // upload's start time only says when it began.
+        let files = inventory
+            .repositories
+            .binary_search_by(|r| r.name.as_str().cmp(name))
+            .ok()
+            .and_then(|r| {
+                inventory.repositories[r]
+                    .uploads
+                    .iter()
+                    .find(|u| u.id == id)
+            });
+        let last_activity = files.map_or(upload.initiated, |files| files.last_activity());
+        if options.upload_is_stale(last_activity) {
+            plan.deletions.push(Deletion {
+                phase: Phase::Uploads,
+                kind: Kind::MultipartUpload,
+                target: Target::Multipart(upload.clone()),
+                bytes: 0,
+            });
+        }
+    }
 }
 
 fn empty_directories(markers: &[ObjectMeta], options: PlanOptions, phase: Phase) -> Vec<Deletion> {

@@ -41,6 +41,16 @@ fn assert_bucket_holds_the_live_set(moto: &MotoServer, model: &Model) {
     assert_exactly_the_live_set(&v2, model, true, &all_uploads(model));
 }
 
+/// A registry on moto with the standard workload pushed, stopped; and its config file.
+fn stopped_s3_registry() -> (MotoServer, Fixture, String) {
+    let moto = MotoServer::start();
+    moto.create_bucket(BUCKET);
+    let mut f = Fixture::build_s3(&moto, BUCKET);
+    f.registry.stop();
+    let config = f.registry.config_path().to_string_lossy().into_owned();
+    (moto, f, config)
+}
+
 /// The registry's config with its S3 endpoint replaced (to go through a proxy).
 fn config_with_endpoint(f: &Fixture, moto: &MotoServer, endpoint: &str) -> String {
     let text = fs::read_to_string(f.registry.config_path()).unwrap();
@@ -52,11 +62,7 @@ fn config_with_endpoint(f: &Fixture, moto: &MotoServer, endpoint: &str) -> Strin
 
 #[test]
 fn s3_collection_through_the_registry_config_keeps_exactly_the_live_set() {
-    let moto = MotoServer::start();
-    moto.create_bucket(BUCKET);
-    let mut f = Fixture::build_s3(&moto, BUCKET);
-    f.registry.stop();
-    let config = f.registry.config_path().to_string_lossy().into_owned();
+    let (moto, mut f, config) = stopped_s3_registry();
 
     // A dry run: the summary counts exactly the requests the server saw.
     let mark = moto.log_mark();
@@ -259,11 +265,7 @@ fn azure_collection_keeps_exactly_the_live_set_and_the_registry_serves_it() {
 
 #[test]
 fn s3_denied_deletes_are_reported_by_key_and_the_rest_goes_on() {
-    let moto = MotoServer::start();
-    moto.create_bucket(BUCKET);
-    let mut f = Fixture::build_s3(&moto, BUCKET);
-    f.registry.stop();
-    let config = f.registry.config_path().to_string_lossy().into_owned();
+    let (moto, mut f, config) = stopped_s3_registry();
     let args = ["-m", "--min-age", "0s", "--format", "json"];
 
     let dry = regsweep(&[&["gc", config.as_str(), "--dry-run"][..], &args[..]].concat());

@@ -228,9 +228,9 @@ impl Client {
         }
     }
 
-    /// `GET /v2/<repo>/blobs/<digest>`: status and body.
-    pub fn get_blob(&self, repo: &str, digest: &str) -> (u16, Vec<u8>) {
-        let url = self.url(&format!("/v2/{repo}/blobs/{digest}"));
+    /// `GET <path>`: status and body.
+    fn get(&self, path: &str) -> (u16, Vec<u8>) {
+        let url = self.url(path);
         let mut response = self
             .agent
             .get(&url)
@@ -240,21 +240,20 @@ impl Client {
         (status, read_body(&mut response, &url))
     }
 
+    /// `GET /v2/<repo>/blobs/<digest>`: status and body.
+    pub fn get_blob(&self, repo: &str, digest: &str) -> (u16, Vec<u8>) {
+        self.get(&format!("/v2/{repo}/blobs/{digest}"))
+    }
+
     /// `GET /v2/<repo>/tags/list`: status and tags (empty unless 200).
     pub fn tags(&self, repo: &str) -> (u16, Vec<String>) {
-        let url = self.url(&format!("/v2/{repo}/tags/list"));
-        let mut response = self
-            .agent
-            .get(&url)
-            .call()
-            .unwrap_or_else(|e| panic!("GET {url}: {e}"));
-        let status = response.status().as_u16();
-        let body = read_body(&mut response, &url);
+        let path = format!("/v2/{repo}/tags/list");
+        let (status, body) = self.get(&path);
         if status != 200 {
             return (status, Vec::new());
         }
         let value: serde_json::Value =
-            serde_json::from_slice(&body).unwrap_or_else(|e| panic!("GET {url}: bad JSON: {e}"));
+            serde_json::from_slice(&body).unwrap_or_else(|e| panic!("GET {path}: bad JSON: {e}"));
         let tags = value["tags"]
             .as_array()
             .map(|tags| {

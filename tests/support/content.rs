@@ -79,13 +79,7 @@ impl ContentGen {
 /// `t` as RFC 3339 UTC with second precision (`2024-05-01T12:00:00Z`), as the registry writes
 /// `startedat`.
 pub fn rfc3339(t: SystemTime) -> String {
-    let secs = t
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or(Duration::ZERO)
-        .as_secs();
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    let (y, m, d) = civil_from_days(days);
+    let Utc { y, m, d, rem, .. } = Utc::of(t);
     format!(
         "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
         rem / 3600,
@@ -101,13 +95,7 @@ pub fn http_date(t: SystemTime) -> String {
     const MONTHS: [&str; 12] = [
         "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
     ];
-    let secs = t
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or(Duration::ZERO)
-        .as_secs();
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    let (y, m, d) = civil_from_days(days);
+    let Utc { days, y, m, d, rem } = Utc::of(t);
     // 1970-01-01 was a Thursday.
     let weekday = WEEKDAYS[((days + 4) % 7) as usize];
     format!(
@@ -117,6 +105,33 @@ pub fn http_date(t: SystemTime) -> String {
         (rem / 60) % 60,
         rem % 60
     )
+}
+
+/// A UTC instant split for formatting: days since the epoch, the civil date, seconds of the day.
+struct Utc {
+    days: i64,
+    y: i64,
+    m: u32,
+    d: u32,
+    rem: u64,
+}
+
+impl Utc {
+    fn of(t: SystemTime) -> Utc {
+        let secs = t
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or(Duration::ZERO)
+            .as_secs();
+        let days = (secs / 86_400) as i64;
+        let (y, m, d) = civil_from_days(days);
+        Utc {
+            days,
+            y,
+            m,
+            d,
+            rem: secs % 86_400,
+        }
+    }
 }
 
 /// Howard Hinnant's days-since-epoch → (year, month, day).
