@@ -12,6 +12,13 @@
 //! repositories/<name>/_uploads/<id>/…                               upload in progress
 //! ```
 //!
+//! regsweep keeps its own objects beside `docker/`, where the registry never looks:
+//!
+//! ```text
+//! _regsweep/lock                                                    the run lock
+//! _regsweep/quarantine/<run>/…                                      what a --quarantine run moved
+//! ```
+//!
 //! Parsing is strict: a key that does not match a known form exactly is [`RepositoryObject::Unknown`]
 //! or [`BlobObject::Unknown`], and unknown objects are never deleted.
 
@@ -25,6 +32,13 @@ pub const BLOBS: &str = "docker/registry/v2/blobs/";
 pub const SHA256_BLOBS: &str = "docker/registry/v2/blobs/sha256/";
 /// Where repositories live.
 pub const REPOSITORIES: &str = "docker/registry/v2/repositories/";
+
+/// regsweep's own objects.
+pub const REGSWEEP: &str = "_regsweep/";
+/// The run lock: at most one regsweep run deletes from a storage at a time.
+pub const RUN_LOCK: &str = "_regsweep/lock";
+/// Where `--quarantine` runs move what they would have deleted, one directory per run.
+pub const QUARANTINE: &str = "_regsweep/quarantine/";
 
 /// Directories regsweep never removes, even when empty: the registry expects them.
 pub fn is_anchor_dir(dir: &str) -> bool {

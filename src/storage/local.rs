@@ -17,7 +17,7 @@ use futures::stream::{self, BoxStream, StreamExt};
 use tokio::sync::mpsc;
 
 use super::requests::{RequestCounter, RequestKind};
-use super::{Listing, ObjectMeta, Storage, StorageError};
+use super::{Listing, ObjectMeta, PutCondition, Storage, StorageError, Version};
 
 /// Objects sent through the listing channel at a time: amortises the hand-off between threads.
 const LIST_CHUNK: usize = 512;
@@ -213,6 +213,84 @@ fn delete_one(root: &Path, key: &str) -> Result<(), StorageError> {
     }
 }
 
+/// The version of a file's content: a hash, enough to tell one lock record from the next.
+fn content_version(content: &[u8]) -> Version {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    content.hash(&mut hasher);
+    Version(format!("{:016x}", hasher.finish()))
+}
+
+fn read_file(path: &Path, key: &str) -> Result<Vec<u8>, StorageError> {
+    let meta = fs::symlink_metadata(path).map_err(|e| io_error(key, e))?;
+    if meta.file_type().is_symlink() {
+        return Err(StorageError::Symlink {
+            key: key.to_owned(),
+        });
+    }
+    fs::read(path).map_err(|e| io_error(key, e))
+}
+
+/// Writes `content` to `path` atomically (a temporary file renamed over it), if `condition` holds.
+/// The check and the write happen under an exclusive lock on a sibling `.guard` file, which every
+/// regsweep process takes, so that two processes cannot both pass the same condition.
+fn put_file(
+    path: &Path,
+    key: &str,
+    content: &[u8],
+    condition: &PutCondition,
+) -> Result<Version, StorageError> {
+    let failed = |e| io_error(key, e);
+    let parent = path.parent().expect("keys are below the root");
+    fs::create_dir_all(parent).map_err(failed)?;
+    let name = path.file_name().expect("keys name files").to_string_lossy();
+    let guard = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(parent.join(format!(".{name}.guard")))
+        .map_err(failed)?;
+    guard.lock().map_err(failed)?;
+    let holds = match condition {
+        PutCondition::Overwrite => true,
+        PutCondition::Absent => !fs::exists(path).map_err(failed)?,
+        PutCondition::Matches(version) => match read_file(path, key) {
+            Ok(current) => content_version(&current) == *version,
+            Err(StorageError::NotFound { .. }) => false,
+            Err(e) => return Err(e),
+        },
+    };
+    if !holds {
+        return Err(StorageError::PreconditionFailed {
+            key: key.to_owned(),
+        });
+    }
+    let temporary = parent.join(format!(".{name}.{}.tmp", std::process::id()));
+    let written = fs::write(&temporary, content)
+        .and_then(|()| fs::File::open(&temporary)?.sync_all())
+        .and_then(|()| fs::rename(&temporary, path));
+    if let Err(e) = written {
+        let _ = fs::remove_file(&temporary);
+        return Err(failed(e));
+    }
+    Ok(content_version(content))
+}
+
+fn rename_file(root: &Path, from: &str, to: &str) -> Result<(), StorageError> {
+    let source = root.join(from);
+    let meta = fs::symlink_metadata(&source).map_err(|e| io_error(from, e))?;
+    if meta.file_type().is_symlink() {
+        return Err(StorageError::Symlink {
+            key: from.to_owned(),
+        });
+    }
+    let target = root.join(to);
+    if let Some(parent) = target.parent() {
+        fs::create_dir_all(parent).map_err(|e| io_error(to, e))?;
+    }
+    fs::rename(&source, &target).map_err(|e| io_error(from, e))
+}
+
 impl Storage for LocalStorage {
     fn list(&self, prefix: &str) -> BoxStream<'static, Result<ObjectMeta, StorageError>> {
         let (tx, rx) = mpsc::channel(8);
@@ -253,13 +331,39 @@ impl Storage for LocalStorage {
         let path = self.path(key);
         let key = key.to_owned();
         self.counter.add(RequestKind::Get, 1);
+        Box::pin(blocking(move || read_file(&path, &key)))
+    }
+
+    fn get_versioned(&self, key: &str) -> BoxFuture<'_, Result<(Vec<u8>, Version), StorageError>> {
+        let path = self.path(key);
+        let key = key.to_owned();
+        self.counter.add(RequestKind::Get, 1);
         Box::pin(blocking(move || {
-            let meta = fs::symlink_metadata(&path).map_err(|e| io_error(&key, e))?;
-            if meta.file_type().is_symlink() {
-                return Err(StorageError::Symlink { key });
-            }
-            fs::read(&path).map_err(|e| io_error(&key, e))
+            let content = read_file(&path, &key)?;
+            let version = content_version(&content);
+            Ok((content, version))
         }))
+    }
+
+    fn put(
+        &self,
+        key: &str,
+        content: Vec<u8>,
+        condition: PutCondition,
+    ) -> BoxFuture<'_, Result<Version, StorageError>> {
+        let path = self.path(key);
+        let key = key.to_owned();
+        self.counter.add(RequestKind::Other, 1);
+        Box::pin(blocking(move || {
+            put_file(&path, &key, &content, &condition)
+        }))
+    }
+
+    fn rename(&self, from: &str, to: &str) -> BoxFuture<'_, Result<(), StorageError>> {
+        let root = Arc::clone(&self.root);
+        let (from, to) = (from.to_owned(), to.to_owned());
+        self.counter.add(RequestKind::Other, 1);
+        Box::pin(blocking(move || rename_file(&root, &from, &to)))
     }
 
     fn delete(&self, keys: Vec<String>) -> BoxFuture<'_, Vec<Result<(), StorageError>>> {
@@ -354,6 +458,64 @@ mod tests {
         let results = storage.delete(vec!["a/link".into()]).await;
         assert!(matches!(results[0], Err(StorageError::Symlink { .. })));
         assert!(outside.path().join("precious").exists());
+    }
+
+    #[tokio::test]
+    async fn conditional_puts_are_compare_and_swap() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = LocalStorage::open(dir.path(), &RequestCounter::default()).unwrap();
+        let key = "_regsweep/lock";
+        let first = storage
+            .put(key, b"one".to_vec(), PutCondition::Absent)
+            .await
+            .unwrap();
+        let again = storage
+            .put(key, b"two".to_vec(), PutCondition::Absent)
+            .await;
+        assert!(matches!(
+            again,
+            Err(StorageError::PreconditionFailed { .. })
+        ));
+        let (content, version) = storage.get_versioned(key).await.unwrap();
+        assert_eq!((content.as_slice(), &version), (&b"one"[..], &first));
+        let second = storage
+            .put(key, b"two".to_vec(), PutCondition::Matches(version.clone()))
+            .await
+            .unwrap();
+        let stale = storage
+            .put(key, b"three".to_vec(), PutCondition::Matches(version))
+            .await;
+        assert!(matches!(
+            stale,
+            Err(StorageError::PreconditionFailed { .. })
+        ));
+        storage
+            .put(key, b"three".to_vec(), PutCondition::Matches(second))
+            .await
+            .unwrap();
+        assert_eq!(storage.get(key).await.unwrap(), b"three");
+        storage
+            .put(key, b"four".to_vec(), PutCondition::Overwrite)
+            .await
+            .unwrap();
+        assert_eq!(storage.get(key).await.unwrap(), b"four");
+    }
+
+    #[tokio::test]
+    async fn renames_into_new_directories_and_never_through_symlinks() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "a/file", "1");
+        let storage = LocalStorage::open(dir.path(), &RequestCounter::default()).unwrap();
+        storage.rename("a/file", "q/run/a/file").await.unwrap();
+        assert!(!dir.path().join("a/file").exists());
+        assert_eq!(fs::read(dir.path().join("q/run/a/file")).unwrap(), b"1");
+        std::os::unix::fs::symlink("/etc/hostname", dir.path().join("a/link")).unwrap();
+        let err = storage.rename("a/link", "q/link").await.unwrap_err();
+        assert!(matches!(err, StorageError::Symlink { .. }), "{err}");
+        assert!(matches!(
+            storage.rename("a/missing", "q/missing").await,
+            Err(StorageError::NotFound { .. })
+        ));
     }
 
     #[tokio::test]

@@ -89,6 +89,24 @@ pub enum StorageError {
     DeleteFailed { key: String, reason: String },
     #[error("{key}: {reason}")]
     ListFailed { key: String, reason: String },
+    #[error("{key}: changed by someone else since it was read (conditional write refused)")]
+    PreconditionFailed { key: String },
+}
+
+/// The version of a stored object, for conditional writes: its ETag on object stores, a hash of its
+/// content on filesystems. Opaque; only compared.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Version(pub String);
+
+/// When a [`Storage::put`] may replace what is stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PutCondition {
+    /// Always.
+    Overwrite,
+    /// Only if nothing is stored under the key (create).
+    Absent,
+    /// Only if the stored object is still this version (compare-and-swap).
+    Matches(Version),
 }
 
 /// A multipart upload in progress (S3): invisible to listings until completed, but stored and
@@ -111,6 +129,24 @@ pub trait Storage: fmt::Debug + fmt::Display + Send + Sync + 'static {
 
     /// The whole content of one object.
     fn get(&self, key: &str) -> BoxFuture<'_, Result<Vec<u8>, StorageError>>;
+
+    /// The whole content of one object and its version, for a later conditional [`Storage::put`].
+    fn get_versioned(&self, key: &str) -> BoxFuture<'_, Result<(Vec<u8>, Version), StorageError>>;
+
+    /// Stores `content` under `key` if `condition` holds, atomically: a reader sees the old content
+    /// or the new, never a part. A failed condition is [`StorageError::PreconditionFailed`].
+    /// Used for regsweep's own small objects (the run lock, journals), never for registry content.
+    fn put(
+        &self,
+        key: &str,
+        content: Vec<u8>,
+        condition: PutCondition,
+    ) -> BoxFuture<'_, Result<Version, StorageError>>;
+
+    /// Moves one object to another key of the same storage, without downloading it (a rename on
+    /// filesystems, a server-side copy then delete on object stores). The copy is complete before
+    /// the original goes; whatever is stored under `to` is replaced.
+    fn rename(&self, from: &str, to: &str) -> BoxFuture<'_, Result<(), StorageError>>;
 
     /// Deletes `keys`, one result per key in the same order. A key that is already gone counts as
     /// deleted. A key ending in `/` removes that directory only if it is (still) empty.

@@ -28,10 +28,12 @@ use object_store::client::{HttpClient, HttpConnector, HttpRequestBody};
 use object_store::gcp::GoogleCloudStorageBuilder;
 use object_store::multipart::MultipartStore;
 use object_store::path::Path;
-use object_store::{ClientOptions, ObjectStore, ObjectStoreExt};
+use object_store::{
+    ClientOptions, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, UpdateVersion,
+};
 
 use super::requests::{CountingConnector, RequestCounter};
-use super::{Listing, MultipartUpload, ObjectMeta, Storage, StorageError};
+use super::{Listing, MultipartUpload, ObjectMeta, PutCondition, Storage, StorageError, Version};
 use crate::config::{AzureConfig, AzureCredentials, GcsConfig, S3Config};
 use crate::report::error_chain;
 
@@ -286,6 +288,11 @@ fn error(key: &str, source: object_store::Error) -> StorageError {
         object_store::Error::NotFound { .. } => StorageError::NotFound {
             key: key.to_owned(),
         },
+        object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. } => {
+            StorageError::PreconditionFailed {
+                key: key.to_owned(),
+            }
+        }
         source => StorageError::ObjectStore {
             key: key.to_owned(),
             source,
@@ -355,6 +362,83 @@ impl Storage for ObjectStorage {
             let result = self.store.get(&path).await.map_err(|e| error(&key, e))?;
             let bytes = result.bytes().await.map_err(|e| error(&key, e))?;
             Ok(bytes.to_vec())
+        })
+    }
+
+    fn get_versioned(&self, key: &str) -> BoxFuture<'_, Result<(Vec<u8>, Version), StorageError>> {
+        let key = key.to_owned();
+        Box::pin(async move {
+            let path = self.path(&key)?;
+            let result = self.store.get(&path).await.map_err(|e| error(&key, e))?;
+            let e_tag = result
+                .meta
+                .e_tag
+                .clone()
+                .ok_or_else(|| StorageError::ListFailed {
+                    key: key.clone(),
+                    reason: "the storage gave no ETag, so it cannot be updated conditionally"
+                        .to_owned(),
+                })?;
+            let bytes = result.bytes().await.map_err(|e| error(&key, e))?;
+            Ok((bytes.to_vec(), Version(e_tag)))
+        })
+    }
+
+    fn put(
+        &self,
+        key: &str,
+        content: Vec<u8>,
+        condition: PutCondition,
+    ) -> BoxFuture<'_, Result<Version, StorageError>> {
+        let key = key.to_owned();
+        Box::pin(async move {
+            let path = self.path(&key)?;
+            let mode = match condition {
+                PutCondition::Overwrite => PutMode::Overwrite,
+                PutCondition::Absent => PutMode::Create,
+                PutCondition::Matches(Version(e_tag)) => PutMode::Update(UpdateVersion {
+                    e_tag: Some(e_tag),
+                    version: None,
+                }),
+            };
+            let result = self
+                .store
+                .put_opts(&path, PutPayload::from(content), PutOptions::from(mode))
+                .await
+                .map_err(|e| error(&key, e))?;
+            Ok(Version(result.e_tag.unwrap_or_default()))
+        })
+    }
+
+    fn rename(&self, from: &str, to: &str) -> BoxFuture<'_, Result<(), StorageError>> {
+        let (from, to) = (from.to_owned(), to.to_owned());
+        Box::pin(async move {
+            let (source, target) = (self.path(&from)?, self.path(&to)?);
+            // Server-side copy; then make sure the copy is whole before the original goes (an
+            // Azure copy may still be pending when the call returns).
+            let original = self
+                .store
+                .head(&source)
+                .await
+                .map_err(|e| error(&from, e))?;
+            self.store
+                .copy(&source, &target)
+                .await
+                .map_err(|e| error(&to, e))?;
+            let copy = self.store.head(&target).await.map_err(|e| error(&to, e))?;
+            if copy.size != original.size {
+                return Err(StorageError::DeleteFailed {
+                    key: from,
+                    reason: format!(
+                        "its copy {to} has {} bytes instead of {}; the original is kept",
+                        copy.size, original.size
+                    ),
+                });
+            }
+            self.store
+                .delete(&source)
+                .await
+                .map_err(|e| error(&from, e))
         })
     }
 
@@ -679,7 +763,6 @@ fn failed_path(error: &object_store::Error) -> Option<Path> {
 mod tests {
     use super::*;
     use futures::TryStreamExt;
-    use object_store::PutPayload;
     use object_store::memory::InMemory;
 
     async fn storage(keys: &[&str]) -> ObjectStorage {
@@ -726,6 +809,41 @@ mod tests {
             s.get("a/missing").await,
             Err(StorageError::NotFound { .. })
         ));
+    }
+
+    #[tokio::test]
+    async fn conditional_puts_and_renames() {
+        let storage = storage(&["root/dir/docker/a"]).await;
+        let key = "_regsweep/lock";
+        let first = storage
+            .put(key, b"one".to_vec(), PutCondition::Absent)
+            .await
+            .unwrap();
+        assert!(matches!(
+            storage.put(key, b"x".to_vec(), PutCondition::Absent).await,
+            Err(StorageError::PreconditionFailed { .. })
+        ));
+        let (content, version) = storage.get_versioned(key).await.unwrap();
+        assert_eq!((content.as_slice(), &version), (&b"one"[..], &first));
+        storage
+            .put(key, b"two".to_vec(), PutCondition::Matches(version.clone()))
+            .await
+            .unwrap();
+        assert!(matches!(
+            storage
+                .put(key, b"x".to_vec(), PutCondition::Matches(version))
+                .await,
+            Err(StorageError::PreconditionFailed { .. })
+        ));
+        storage
+            .rename("docker/a", "_regsweep/q/docker/a")
+            .await
+            .unwrap();
+        assert!(matches!(
+            storage.get("docker/a").await,
+            Err(StorageError::NotFound { .. })
+        ));
+        assert_eq!(storage.get("_regsweep/q/docker/a").await.unwrap(), b"x");
     }
 
     #[tokio::test]
