@@ -23,6 +23,7 @@ pub mod mark;
 pub mod plan;
 pub mod report;
 pub mod restart;
+pub mod run_id;
 pub mod scan;
 pub mod storage;
 pub mod sweep;
