@@ -18,6 +18,7 @@ pub mod config;
 pub mod digest;
 pub mod gc;
 pub mod layout;
+pub mod lock;
 pub mod manifest;
 pub mod mark;
 pub mod plan;
