@@ -10,6 +10,7 @@
 //! `docker/registry/v2/blobs/sha256/ab/<hex>/data`. A key ending in `/` is an empty directory (on a
 //! filesystem) or a directory-marker object (on object stores); both carry no data.
 
+pub mod fault;
 pub mod local;
 pub mod object;
 pub mod requests;
