@@ -80,6 +80,25 @@ pub struct GcArgs {
     #[arg(long, value_name = "FILE")]
     pub plan_file: Option<PathBuf>,
 
+    /// Run through `sh -c` before anything is read (not in dry runs): e.g. switch the registry to
+    /// read-only, for a collection with no window at all. Its failure stops the run.
+    #[arg(long, value_name = "CMD")]
+    pub pre_command: Option<String>,
+
+    /// Run through `sh -c` after the sweep (not in dry runs), whatever happened once the
+    /// pre-command was started: e.g. switch the registry back to read-write.
+    #[arg(long, value_name = "CMD")]
+    pub post_command: Option<String>,
+
+    /// Lease of the run lock (`_regsweep/lock` in the storage): renewed every quarter of it; a run
+    /// that died is taken over by the next one once its lease ran out.
+    #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = parse_duration)]
+    pub lock_lease: Duration,
+
+    /// Take the run lock over even if another run's lease has not run out (when it certainly died).
+    #[arg(long)]
+    pub force: bool,
+
     /// Run through `sh -c` after a sweep that deleted anything (to restart the registry, whose
     /// blob cache still believes deleted layers exist); its failure makes the exit status non-zero.
     #[arg(long, value_name = "CMD")]

@@ -5,6 +5,7 @@
 //! carries it out.
 
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant, SystemTime};
 
 use serde::Serialize;
@@ -12,8 +13,9 @@ use thiserror::Error;
 use tracing::info;
 
 use crate::layout;
-use crate::mark::{self, MarkError, MarkOptions};
+use crate::mark::{self, ManifestCatalog, MarkError, MarkOptions, MarkSet};
 use crate::plan::{self, Kind, Phase, PlanOptions, SweepPlan};
+use crate::remark;
 use crate::report::Summary;
 use crate::scan::{self, Inventory, ScanError};
 use crate::storage::Storage;
@@ -30,6 +32,9 @@ pub struct GcOptions {
     pub upload_max_age: Duration,
     /// Storage requests in flight at once.
     pub concurrency: usize,
+    /// Test hook: before the re-mark, wait until this file exists (see `REGSWEEP_TEST_PAUSE_BEFORE_SWEEP`
+    /// in the binary), so that a test can push while the collection is between mark and sweep.
+    pub pause_before_sweep: Option<std::path::PathBuf>,
 }
 
 /// Why nothing was deleted.
@@ -48,8 +53,10 @@ pub struct Collection {
     options: GcOptions,
     started: Instant,
     inventory: Inventory,
+    catalog: ManifestCatalog,
+    marks: MarkSet,
+    mark_options: MarkOptions,
     plan: SweepPlan,
-    warnings: Vec<String>,
 }
 
 /// One key of the plan, as `--plan-file` writes it.
@@ -111,8 +118,10 @@ impl Collection {
             options,
             started,
             inventory,
+            catalog,
+            marks,
+            mark_options,
             plan,
-            warnings: marks.warnings,
         })
     }
 
@@ -132,22 +141,29 @@ impl Collection {
         })
     }
 
-    /// Sweeps (unless this is a dry run) and sums up.
-    pub async fn run(self) -> Summary {
+    /// Sweeps (unless this is a dry run) and sums up. Before the sweep, the re-mark spares what
+    /// pushes made live since the scan; if it fails, nothing is deleted. Once `halt` is set (the run
+    /// lock was lost), no further deletion starts.
+    pub async fn run(mut self, halt: Arc<AtomicBool>) -> Summary {
         let mut summary = Summary::of_inventory(
             &self.inventory,
             self.storage.to_string(),
             self.options.dry_run,
         );
-        summary.warnings = self.warnings;
+        summary.warnings = std::mem::take(&mut self.marks.warnings);
         if self.options.dry_run {
             summary.count_plan(&self.plan, &self.inventory);
+        } else if let Err(error) = self.remark().await {
+            summary.add_error(format!(
+                "refusing to delete anything: the re-mark before the sweep failed: {error}"
+            ));
         } else {
             let outcome = sweep::sweep(
                 &self.storage,
                 &self.plan,
                 &self.inventory.blobs,
                 self.options.concurrency,
+                &halt,
             )
             .await;
             let universe = &self.inventory.blobs;
@@ -186,4 +202,35 @@ impl Collection {
         summary.duration_seconds = self.started.elapsed().as_secs_f64();
         summary
     }
+
+    /// Lists the repositories again and drops from the plan whatever became live since the scan.
+    async fn remark(&mut self) -> Result<(), remark::RemarkError> {
+        if let Some(barrier) = &self.options.pause_before_sweep {
+            eprintln!("{PAUSE_MARKER}");
+            while !barrier.exists() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        let reprieve = remark::remark(
+            &self.storage,
+            &self.inventory,
+            &self.marks,
+            &self.catalog,
+            self.mark_options,
+            self.options.concurrency.max(1),
+        )
+        .await?;
+        let spared = self.plan.spare(&self.inventory.blobs, &reprieve);
+        if spared > 0 {
+            info!(
+                spared,
+                busy_repositories = reprieve.repositories.len(),
+                "spared what the registry wrote since the scan"
+            );
+        }
+        Ok(())
+    }
 }
+
+/// Printed on stderr when [`GcOptions::pause_before_sweep`] makes the run wait.
+pub const PAUSE_MARKER: &str = "regsweep-test: paused before the sweep";

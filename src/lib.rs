@@ -22,6 +22,7 @@ pub mod lock;
 pub mod manifest;
 pub mod mark;
 pub mod plan;
+pub mod remark;
 pub mod report;
 pub mod restart;
 pub mod run_id;

@@ -3,7 +3,11 @@
 mod cli;
 
 use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::SystemTime;
 
 use anyhow::{Context, Result};
 use clap::Parser;
@@ -12,9 +16,16 @@ use tracing_subscriber::EnvFilter;
 use cli::{Cli, Command, GcArgs, LogFormat, OutputFormat};
 use regsweep::config::{self, StorageConfig};
 use regsweep::gc::{Collection, GcOptions};
-use regsweep::report::error_chain;
-use regsweep::restart::run_restart_command;
-use regsweep::storage::{self, requests::RequestCounter};
+use regsweep::lock::{LockOptions, RunLock};
+use regsweep::report::{Summary, error_chain};
+use regsweep::restart::{RestartOutcome, run_restart_command};
+use regsweep::run_id::RunId;
+use regsweep::scan;
+use regsweep::storage::fault::{HANG_AFTER_DELETES_ENV, HangAfterDeletes};
+use regsweep::storage::{self, Storage, requests::RequestCounter};
+
+/// Test-only: before the sweep, wait until the file this names exists.
+const PAUSE_BEFORE_SWEEP_ENV: &str = "REGSWEEP_TEST_PAUSE_BEFORE_SWEEP";
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -72,33 +83,60 @@ async fn gc(args: GcArgs, quiet: bool) -> Result<ExitCode> {
     let counter = RequestCounter::default();
     let storage = storage::open(&storage_config(&args)?, &counter)
         .context("cannot open the registry's storage")?;
-    let options = GcOptions {
-        dry_run: args.dry_run,
-        delete_untagged: args.delete_untagged,
-        min_age: args.min_age,
-        upload_max_age: args.upload_max_age,
-        concurrency: usize::from(args.concurrency),
+    let storage = with_test_faults(storage)?;
+    let run = RunId::new(SystemTime::now());
+
+    scan::check_registry(&storage).await?;
+    // Dry runs only read: they take no lock and run no hooks.
+    let lock = if args.dry_run {
+        None
+    } else {
+        let options = LockOptions {
+            run: run.clone(),
+            command: "gc".to_owned(),
+            lease: args.lock_lease,
+            force: args.force,
+        };
+        Some(RunLock::acquire(Arc::clone(&storage), options).await?)
     };
-    let collection = Collection::prepare(storage, options).await?;
+    let halt = lock
+        .as_ref()
+        .map_or_else(|| Arc::new(AtomicBool::new(false)), RunLock::lost);
 
-    if let Some(path) = &args.plan_file {
-        write_plan(&collection, path)
-            .with_context(|| format!("cannot write the plan to {}", path.display()))?;
+    let hooks = !args.dry_run;
+    let pre = match &args.pre_command {
+        Some(command) if hooks => Some(run_hook("pre-command", command).await),
+        _ => None,
+    };
+    let collected = match &pre {
+        Some(outcome) if !outcome.success => Err(anyhow::anyhow!(
+            "the pre-command `{}` failed ({}); nothing was read or deleted",
+            outcome.command,
+            outcome.status
+        )),
+        _ => collect(&args, storage, halt, quiet).await,
+    };
+    // Whatever happened once the pre-command started, the post-command undoes it.
+    let post = match &args.post_command {
+        Some(command) if hooks => Some(run_hook("post-command", command).await),
+        _ => None,
+    };
+    if let Some(lock) = lock {
+        lock.release().await;
     }
-    if args.dry_run && args.format == OutputFormat::Text && !quiet {
-        let mut out = std::io::stdout().lock();
-        for entry in collection.plan_entries() {
-            writeln!(
-                out,
-                "would delete\t{}\t{}\t{}",
-                entry.phase.as_str(),
-                entry.bytes,
-                entry.key
-            )?;
-        }
+    let mut summary = collected?;
+    summary.run = (!args.dry_run).then(|| run.to_string());
+    summary.pre_command = pre;
+    if let Some(outcome) = &post
+        && !outcome.success
+    {
+        summary.add_error(format!(
+            "post-command `{}` failed: {}",
+            outcome.command, outcome.status
+        ));
     }
+    summary.post_command = post;
 
-    let mut summary = collection.run().await;
     let deleted_anything = !summary.dry_run
         && (summary.blobs_deleted
             + summary.manifests_deleted
@@ -135,6 +173,64 @@ async fn gc(args: GcArgs, quiet: bool) -> Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// Scans, marks, plans, writes the plan where asked, and sweeps (unless this is a dry run).
+async fn collect(
+    args: &GcArgs,
+    storage: Arc<dyn Storage>,
+    halt: Arc<AtomicBool>,
+    quiet: bool,
+) -> Result<Summary> {
+    let options = GcOptions {
+        dry_run: args.dry_run,
+        delete_untagged: args.delete_untagged,
+        min_age: args.min_age,
+        upload_max_age: args.upload_max_age,
+        concurrency: usize::from(args.concurrency),
+        pause_before_sweep: std::env::var_os(PAUSE_BEFORE_SWEEP_ENV).map(PathBuf::from),
+    };
+    let collection = Collection::prepare(storage, options).await?;
+
+    if let Some(path) = &args.plan_file {
+        write_plan(&collection, path)
+            .with_context(|| format!("cannot write the plan to {}", path.display()))?;
+    }
+    if args.dry_run && args.format == OutputFormat::Text && !quiet {
+        let mut out = std::io::stdout().lock();
+        for entry in collection.plan_entries() {
+            writeln!(
+                out,
+                "would delete\t{}\t{}\t{}",
+                entry.phase.as_str(),
+                entry.bytes,
+                entry.key
+            )?;
+        }
+    }
+    Ok(collection.run(halt).await)
+}
+
+async fn run_hook(name: &str, command: &str) -> RestartOutcome {
+    tracing::info!(command, "running the {name}");
+    let outcome = run_restart_command(command).await;
+    if !outcome.success {
+        tracing::error!(command, status = outcome.status, "the {name} failed");
+    }
+    outcome
+}
+
+/// Test-only fault injection (`REGSWEEP_TEST_HANG_AFTER_DELETES=N`): the crash-safety tests kill the
+/// process at an exact point of the sweep.
+fn with_test_faults(storage: Arc<dyn Storage>) -> Result<Arc<dyn Storage>> {
+    let Some(value) = std::env::var_os(HANG_AFTER_DELETES_ENV) else {
+        return Ok(storage);
+    };
+    let deletions = value
+        .to_str()
+        .and_then(|v| v.parse().ok())
+        .with_context(|| format!("{HANG_AFTER_DELETES_ENV} must be a number"))?;
+    Ok(Arc::new(HangAfterDeletes::new(storage, deletions)))
 }
 
 fn write_plan(collection: &Collection, path: &std::path::Path) -> Result<()> {

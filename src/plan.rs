@@ -129,6 +129,70 @@ pub struct SweepPlan {
     pub repositories_deleted: Vec<String>,
 }
 
+/// What a re-mark just before the sweep found live or busy ([`crate::remark`]): none of it may be
+/// deleted, whatever the plan said.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Reprieve {
+    /// Blobs something live references now.
+    pub blobs: HashSet<Digest>,
+    /// `(repository, digest)`: revision, layer and tag index links that stay.
+    pub links: HashSet<(String, Digest)>,
+    /// Repositories written to since the scan: their tags, uploads and the repository itself stay.
+    pub repositories: HashSet<String>,
+}
+
+impl SweepPlan {
+    /// Drops every deletion that would touch what `reprieve` keeps; returns how many went.
+    pub fn spare(&mut self, universe: &BlobUniverse, reprieve: &Reprieve) -> usize {
+        let before = self.deletions.len();
+        self.deletions
+            .retain(|deletion| !deletion.is_reprieved(universe, reprieve));
+        self.repositories_deleted
+            .retain(|name| !reprieve.repositories.contains(name));
+        before - self.deletions.len()
+    }
+}
+
+impl Deletion {
+    fn is_reprieved(&self, universe: &BlobUniverse, reprieve: &Reprieve) -> bool {
+        let keys = match &self.target {
+            Target::Blob(index) => return reprieve.blobs.contains(universe.digest(*index)),
+            Target::Multipart(upload) => return busy(&upload.key, reprieve),
+            Target::Keys(keys) => keys,
+        };
+        // Removing an empty directory cannot hurt: it fails if anything was written into it.
+        if self.kind == Kind::EmptyDirectory {
+            return false;
+        }
+        let whole = matches!(
+            self.phase,
+            Phase::Tags | Phase::Repositories | Phase::Uploads
+        );
+        keys.iter().any(|key| {
+            let parsed = layout::parse_repository_key(key);
+            let Some(name) = parsed.repository else {
+                return false;
+            };
+            let digest = match parsed.object {
+                RepositoryObject::RevisionLink(d)
+                | RepositoryObject::LayerLink(d)
+                | RepositoryObject::TagIndex { digest: d, .. }
+                | RepositoryObject::RevisionSignature { revision: d, .. } => Some(d),
+                _ => None,
+            };
+            (whole && reprieve.repositories.contains(name))
+                || digest.is_some_and(|d| reprieve.links.contains(&(name.to_owned(), d)))
+        })
+    }
+}
+
+/// Whether `key` lies in a repository written to since the scan.
+fn busy(key: &str, reprieve: &Reprieve) -> bool {
+    layout::parse_repository_key(key)
+        .repository
+        .is_some_and(|name| reprieve.repositories.contains(name))
+}
+
 /// Decides what goes. `marks` must come from [`crate::mark::mark`] over the same `inventory`.
 pub fn plan(inventory: &Inventory, marks: &MarkSet, options: PlanOptions) -> SweepPlan {
     let old = |modified: SystemTime| modified <= options.cutoff;
@@ -547,6 +611,50 @@ mod tests {
             deleted_blobs(&inventory, &plan),
             BTreeSet::from([d(5), d(6), garbage, garbage_sbom])
         );
+    }
+
+    #[test]
+    fn a_reprieve_spares_blobs_links_and_busy_repositories() {
+        let mut f = simple();
+        let gone = f.manifest(12, &[], &[5], None);
+        f.blob(5);
+        let old_repo = f.repo("old");
+        old_repo.revisions = vec![link(gone)];
+        old_repo.layer_links = vec![link(d(5))];
+        old_repo.tags = vec![tag("dangling", d(99))];
+        let (inventory, mut plan) = f.run(true).unwrap();
+        assert_eq!(plan.repositories_deleted, ["old"]);
+        let before = deleted(&inventory, &plan);
+        // A push since the scan tagged U again in "app", and wrote into "old".
+        let reprieve = Reprieve {
+            blobs: HashSet::from([d(11), d(1), d(4)]),
+            links: HashSet::from([
+                ("app".to_owned(), d(11)),
+                ("app".to_owned(), d(1)),
+                ("app".to_owned(), d(4)),
+            ]),
+            repositories: HashSet::from(["old".to_owned()]),
+        };
+        let spared = plan.spare(&inventory.blobs, &reprieve);
+        let after = deleted(&inventory, &plan);
+        let spared_keys: BTreeSet<String> = before.difference(&after).cloned().collect();
+        assert_eq!(
+            spared_keys,
+            BTreeSet::from([
+                layout::revision_link("app", &d(11)),
+                layout::layer_link("app", &d(4)),
+                layout::blob_data(&d(4)),
+                layout::blob_data(&d(11)),
+                layout::tag_current_link("old", "dangling"),
+                layout::tag_index_link("old", "dangling", &d(99)),
+            ]),
+            "spared {spared}"
+        );
+        assert_eq!(spared, 5, "revision, layer link, two blobs, one tag");
+        // The old repository's untagged manifest still goes (nothing reprieved it), but not the
+        // repository as a whole.
+        assert!(after.contains(&layout::revision_link("old", &d(12))));
+        assert!(plan.repositories_deleted.is_empty());
     }
 
     #[test]

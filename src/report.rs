@@ -46,6 +46,14 @@ pub struct Summary {
     pub warnings: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub restart: Option<RestartOutcome>,
+    /// How `--pre-command` and `--post-command` ended, when given.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pre_command: Option<RestartOutcome>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub post_command: Option<RestartOutcome>,
+    /// The run, as the lock and logs name it (absent in dry runs, which take no lock).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub run: Option<String>,
     /// Requests sent to the storage, by kind (on a filesystem: directory reads, file reads,
     /// unlinks).
     pub requests: Requests,

@@ -164,6 +164,19 @@ pub struct Inventory {
     pub multipart_uploads: Vec<MultipartUpload>,
 }
 
+/// Checks, before regsweep writes anything (its run lock), that `storage` holds a registry whose
+/// listings can be trusted: a mistyped root must not receive a lock, let alone a sweep.
+pub async fn check_registry(storage: &Arc<dyn Storage>) -> Result<(), ScanError> {
+    storage.check_listing(layout::REPOSITORIES).await?;
+    let top = storage.list_dir(layout::V2).await?;
+    if top.objects.is_empty() && top.prefixes.is_empty() {
+        return Err(ScanError::NotARegistry {
+            root: storage.to_string(),
+        });
+    }
+    Ok(())
+}
+
 /// Lists the whole registry below `storage` with at most `concurrency` requests in flight.
 pub async fn scan(storage: &Arc<dyn Storage>, concurrency: usize) -> Result<Inventory, ScanError> {
     storage.check_listing(layout::REPOSITORIES).await?;
@@ -210,6 +223,29 @@ pub async fn scan(storage: &Arc<dyn Storage>, concurrency: usize) -> Result<Inve
     inventory.repositories = repositories.into_values().collect();
     read_tag_links(storage, &mut inventory.repositories, concurrency).await?;
     Ok(inventory)
+}
+
+/// Lists the repositories again (for the re-mark before the sweep), without reading any tag link:
+/// every tag's `current` target is left unread (an error), for the caller to fill in.
+pub async fn list_repositories(
+    storage: &Arc<dyn Storage>,
+    concurrency: usize,
+) -> Result<Vec<Repository>, ScanError> {
+    let (prefixes, _) = prefixes_to_list(storage, layout::REPOSITORIES, None).await?;
+    let mut scratch = Inventory::default();
+    let mut repositories: BTreeMap<String, Repository> = BTreeMap::new();
+    let mut listings = stream::iter(
+        prefixes
+            .iter()
+            .map(|prefix| storage.list(prefix).try_collect::<Vec<_>>()),
+    )
+    .buffer_unordered(concurrency.max(1));
+    while let Some(objects) = listings.try_next().await? {
+        for object in objects {
+            add_repository_object(&mut scratch, &mut repositories, object);
+        }
+    }
+    Ok(repositories.into_values().collect())
 }
 
 /// The prefixes to list recursively below `parent` — its sub-prefixes, with `split` (if any) split
@@ -316,7 +352,7 @@ fn tag_mut<'r>(repository: &'r mut Repository, name: &str) -> &'r mut Tag {
 
 /// Reads every tag's `current/link`, concurrently. A link that cannot be parsed is recorded as such
 /// (the mark refuses to go on with it); one that cannot be read at all fails the scan.
-async fn read_tag_links(
+pub async fn read_tag_links(
     storage: &Arc<dyn Storage>,
     repositories: &mut [Repository],
     concurrency: usize,

@@ -8,6 +8,7 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use futures::{StreamExt, stream};
 
@@ -33,6 +34,7 @@ pub async fn sweep(
     plan: &SweepPlan,
     universe: &BlobUniverse,
     concurrency: usize,
+    halt: &AtomicBool,
 ) -> SweepOutcome {
     let mut outcome = SweepOutcome {
         done: vec![false; plan.deletions.len()],
@@ -42,6 +44,7 @@ pub async fn sweep(
     let mut still_linked: HashSet<Digest> = HashSet::new();
     let batch = storage.delete_batch_size().max(1);
     let mut start = 0;
+    let mut halted = 0;
     for phase in Phase::ALL {
         let end = start
             + plan.deletions[start..]
@@ -54,13 +57,20 @@ pub async fn sweep(
                 Target::Keys(_) | Target::Multipart(_) => true,
             })
             .collect();
-        let mut batches = stream::iter(
-            runnable
-                .chunks(batch)
-                .map(|chunk| delete_batch(storage, chunk, &plan.deletions, universe)),
-        )
+        let mut batches = stream::iter(runnable.chunks(batch).map(|chunk| async move {
+            if halt.load(Ordering::SeqCst) {
+                // Not attempted: the run lock was lost, another run may be sweeping now.
+                BatchResult {
+                    halted: chunk.len(),
+                    ..BatchResult::default()
+                }
+            } else {
+                delete_batch(storage, chunk, &plan.deletions, universe).await
+            }
+        }))
         .buffer_unordered(concurrency.max(1));
         while let Some(result) = batches.next().await {
+            halted += result.halted;
             outcome.directories_removed += result.directories_removed;
             for (i, failure) in result.deletions {
                 match failure {
@@ -76,6 +86,11 @@ pub async fn sweep(
             outcome.errors.extend(result.errors);
         }
         start = end;
+    }
+    if halted > 0 {
+        outcome.errors.push(format!(
+            "the run lock was lost (another run may be sweeping): {halted} deletions not attempted"
+        ));
     }
     outcome
 }
@@ -96,7 +111,10 @@ fn linked_blob(deletion: &Deletion) -> Option<Digest> {
     }
 }
 
+#[derive(Default)]
 struct BatchResult {
+    /// Deletions not attempted because the run was halted.
+    halted: usize,
     /// Per deletion: `None` when all its keys went, else the first failure.
     deletions: Vec<(usize, Option<String>)>,
     errors: Vec<String>,
@@ -154,6 +172,7 @@ async fn delete_batch(
     };
     failures.extend(aborted);
     BatchResult {
+        halted: 0,
         deletions: failures,
         errors,
         directories_removed,

@@ -102,6 +102,8 @@ impl Storage {
         }
         let mut out = Vec::new();
         walk(&self.root, &mut out);
+        // regsweep's own objects (the run lock) are not the registry's.
+        out.retain(|(path, _)| !path.starts_with(self.root.join("_regsweep")));
         out.sort();
         out
     }

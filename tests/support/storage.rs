@@ -111,10 +111,12 @@ pub enum Node {
 }
 
 /// Every file (length and SHA-256) and directory under `root`, by path relative to `root`, so that
-/// two snapshots compare byte for byte and a removed empty directory shows.
+/// two snapshots compare byte for byte and a removed empty directory shows. regsweep's own
+/// objects (`_regsweep/`: the run lock, quarantines) are not part of it.
 pub fn tree_snapshot(root: &Path) -> BTreeMap<String, Node> {
     walk(root)
         .into_iter()
+        .filter(|(path, _)| !path.starts_with(root.join("_regsweep")))
         .map(|(path, is_dir)| {
             let node = if is_dir {
                 Node::Dir

@@ -1,0 +1,486 @@
+//! Re-mark: what the registry wrote while the collection ran, looked at again just before the sweep.
+//!
+//! The registry may keep serving pushes between the scan and the sweep. A push can make live a blob
+//! the plan deletes: a layer that was already in storage, unreferenced and older than the grace
+//! period — the registry does not rewrite a blob it already has, so its age stays old — is linked
+//! into a repository and referenced by a new manifest. So, just before the sweep, the repositories
+//! are listed again; every link that is new (or young), every tag whose `current/link` changed, and
+//! the closure of the manifests they name become a [`Reprieve`], and the plan spares them
+//! ([`crate::plan::SweepPlan::spare`]). A repository written to since the scan keeps its tags,
+//! uploads and its very existence.
+//!
+//! Only what changed is read: tag links listed with the same modification time as in the scan keep
+//! the target the scan read, and manifests already in the catalog are not read again.
+//!
+//! What remains is the time between this second listing and the deletion of a blob: a push that
+//! links an already-stored blob in that window can lose it. README ("Collecting while the registry
+//! serves pushes") says how large it is and how to close it (`--pre-command`/`--post-command`).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use thiserror::Error;
+
+use crate::digest::{Digest, DigestError};
+use crate::layout;
+use crate::manifest::{ManifestRefs, parse_manifest};
+use crate::mark::{MAX_MANIFEST_BYTES, ManifestCatalog, MarkOptions, MarkSet, RepositoryMarks};
+use crate::plan::Reprieve;
+use crate::scan::{self, Inventory, Link, Repository, ScanError};
+use crate::storage::{Storage, StorageError};
+
+/// Why the re-mark could not vouch for the plan: nothing is deleted.
+#[derive(Debug, Error)]
+pub enum RemarkError {
+    #[error("listing the repositories again: {0}")]
+    Scan(#[from] ScanError),
+    #[error("reading tag links again: {0}")]
+    Storage(#[from] StorageError),
+    #[error(
+        "repository {repository}: tag {tag}: corrupt current/link written during the run: {error}"
+    )]
+    CorruptTagLink {
+        repository: String,
+        tag: String,
+        error: DigestError,
+    },
+    #[error(
+        "repository {repository}: manifest {digest}, live since the scan, cannot be used: {reason}"
+    )]
+    UnreadableManifest {
+        repository: String,
+        digest: Digest,
+        reason: String,
+    },
+}
+
+/// Lists the repositories again and returns what must not be deleted any more.
+pub async fn remark(
+    storage: &Arc<dyn Storage>,
+    inventory: &Inventory,
+    marks: &MarkSet,
+    catalog: &ManifestCatalog,
+    options: MarkOptions,
+    concurrency: usize,
+) -> Result<Reprieve, RemarkError> {
+    let mut repositories = scan::list_repositories(storage, concurrency).await?;
+    read_changed_tag_links(storage, inventory, &mut repositories, concurrency).await?;
+
+    let mut reprieve = Reprieve::default();
+    let mut read_since = HashMap::new();
+    for repo in &repositories {
+        let before = inventory
+            .repositories
+            .binary_search_by(|r| r.name.as_str().cmp(&repo.name))
+            .ok()
+            .map(|i| (&inventory.repositories[i], &marks.repositories[i]));
+        let roots = roots(repo, before.map(|(r, _)| r), options, &mut reprieve)?;
+        let mut closure = Closure {
+            storage,
+            inventory,
+            catalog,
+            live: before.map(|(_, m)| m),
+            repository: &repo.name,
+            read_since: &mut read_since,
+            reprieve: &mut reprieve,
+        };
+        closure
+            .mark(roots, referrers(repo, inventory, catalog))
+            .await?;
+    }
+    Ok(reprieve)
+}
+
+/// Copies the targets the scan read for tag links listed unchanged; reads the others.
+async fn read_changed_tag_links(
+    storage: &Arc<dyn Storage>,
+    inventory: &Inventory,
+    repositories: &mut [Repository],
+    concurrency: usize,
+) -> Result<(), StorageError> {
+    let mut changed: Vec<Repository> = Vec::new();
+    for repo in repositories.iter_mut() {
+        let before = inventory
+            .repositories
+            .binary_search_by(|r| r.name.as_str().cmp(&repo.name))
+            .ok()
+            .map(|i| &inventory.repositories[i]);
+        let mut unread = Vec::new();
+        for tag in &mut repo.tags {
+            let Some(current) = tag.current.as_mut() else {
+                continue;
+            };
+            let scanned = before
+                .and_then(|b| b.tags.iter().find(|t| t.name == tag.name))
+                .and_then(|t| t.current.as_ref())
+                .filter(|c| c.modified == current.modified);
+            match scanned {
+                Some(scanned) => current.target = scanned.target.clone(),
+                None => unread.push(tag.clone()),
+            }
+        }
+        if !unread.is_empty() {
+            changed.push(Repository {
+                name: repo.name.clone(),
+                tags: unread,
+                ..Repository::default()
+            });
+        }
+    }
+    scan::read_tag_links(storage, &mut changed, concurrency).await?;
+    for read in changed {
+        let repo = repositories
+            .iter_mut()
+            .find(|r| r.name == read.name)
+            .expect("read from this list");
+        for tag in read.tags {
+            let slot = repo
+                .tags
+                .iter_mut()
+                .find(|t| t.name == tag.name)
+                .expect("read from this repository");
+            slot.current = tag.current;
+        }
+    }
+    Ok(())
+}
+
+/// The manifests a repository's current state makes live, and the links and blobs it keeps without
+/// any manifest (new layer links: uploads whose manifest is not pushed yet). Marks the repository
+/// busy when anything in it is new.
+fn roots(
+    repo: &Repository,
+    before: Option<&Repository>,
+    options: MarkOptions,
+    reprieve: &mut Reprieve,
+) -> Result<Vec<Digest>, RemarkError> {
+    // New: not listed by the scan with the same modification time. (What the scan saw young was a
+    // root of the mark already, and the plan never deletes young objects.)
+    let new = |links: fn(&Repository) -> &Vec<Link>, link: &Link| {
+        before.is_none_or(|b| !links(b).contains(link))
+    };
+    let mut busy = before.is_none();
+    let mut roots = Vec::new();
+
+    for link in &repo.layer_links {
+        if new(|r| &r.layer_links, link) {
+            busy = true;
+            reprieve.blobs.insert(link.digest);
+            reprieve.links.insert((repo.name.clone(), link.digest));
+        }
+    }
+    for link in &repo.revisions {
+        let is_new = new(|r| &r.revisions, link);
+        busy |= is_new;
+        if is_new || !options.delete_untagged {
+            roots.push(link.digest);
+        }
+    }
+    for tag in &repo.tags {
+        let scanned = before.and_then(|b| b.tags.iter().find(|t| t.name == tag.name));
+        if let Some(current) = &tag.current {
+            let changed = scanned
+                .and_then(|t| t.current.as_ref())
+                .is_none_or(|c| c.modified != current.modified);
+            busy |= changed;
+            match &current.target {
+                Ok(digest) => roots.push(*digest),
+                Err(error) => {
+                    return Err(RemarkError::CorruptTagLink {
+                        repository: repo.name.clone(),
+                        tag: tag.name.clone(),
+                        error: error.clone(),
+                    });
+                }
+            }
+        }
+        for entry in &tag.index {
+            let listed = scanned.is_some_and(|t| t.index.contains(entry));
+            if !listed {
+                busy = true;
+                roots.push(entry.digest);
+            }
+        }
+    }
+    let signatures_new = repo
+        .signatures
+        .iter()
+        .any(|s| before.is_none_or(|b| !b.signatures.contains(s)));
+    let uploads_new = repo.uploads.iter().any(|upload| {
+        let scanned = before.and_then(|b| b.uploads.iter().find(|u| u.id == upload.id));
+        scanned.is_none_or(|u| u.files != upload.files)
+    });
+    let unknown_new = repo
+        .unknown
+        .iter()
+        .any(|o| before.is_none_or(|b| !b.unknown.contains(o)));
+    if busy || signatures_new || uploads_new || unknown_new {
+        reprieve.repositories.insert(repo.name.clone());
+    }
+    Ok(roots)
+}
+
+/// Referrers (OCI `subject`) among a repository's revisions, by subject, as far as the catalog
+/// knows them; revisions new since the scan are roots anyway.
+fn referrers(
+    repo: &Repository,
+    inventory: &Inventory,
+    catalog: &ManifestCatalog,
+) -> HashMap<Digest, Vec<Digest>> {
+    let mut found: HashMap<Digest, Vec<Digest>> = HashMap::new();
+    for revision in &repo.revisions {
+        if let Some(Ok(refs)) = inventory
+            .blobs
+            .index(&revision.digest)
+            .and_then(|i| catalog.get(&i))
+            && let Some(subject) = refs.subject
+        {
+            found.entry(subject).or_default().push(revision.digest);
+        }
+    }
+    found
+}
+
+/// The closure of new roots in one repository.
+struct Closure<'a> {
+    storage: &'a Arc<dyn Storage>,
+    inventory: &'a Inventory,
+    catalog: &'a ManifestCatalog,
+    /// What the mark already found live in this repository (its closure is not in the plan).
+    live: Option<&'a RepositoryMarks>,
+    repository: &'a str,
+    /// Manifests read during the re-mark, by digest (shared between repositories).
+    read_since: &'a mut HashMap<Digest, Option<ManifestRefs>>,
+    reprieve: &'a mut Reprieve,
+}
+
+impl Closure<'_> {
+    async fn mark(
+        &mut self,
+        mut pending: Vec<Digest>,
+        referrers: HashMap<Digest, Vec<Digest>>,
+    ) -> Result<(), RemarkError> {
+        let mut visited = HashSet::new();
+        while let Some(digest) = pending.pop() {
+            if !visited.insert(digest) {
+                continue;
+            }
+            let index = self.inventory.blobs.index(&digest);
+            if let (Some(i), Some(live)) = (index, self.live)
+                && live.manifests.contains(i)
+            {
+                continue;
+            }
+            let Some(refs) = self.refs(digest, index).await? else {
+                continue; // not in storage: nothing to keep
+            };
+            self.keep(digest);
+            for blob in &refs.blobs {
+                self.keep(*blob);
+            }
+            pending.extend(&refs.manifests);
+            pending.extend(referrers.get(&digest).into_iter().flatten());
+        }
+        Ok(())
+    }
+
+    fn keep(&mut self, digest: Digest) {
+        self.reprieve.blobs.insert(digest);
+        self.reprieve
+            .links
+            .insert((self.repository.to_owned(), digest));
+    }
+
+    /// A manifest's references: from the catalog, or read now; `None` when it is not in storage.
+    async fn refs(
+        &mut self,
+        digest: Digest,
+        index: Option<u32>,
+    ) -> Result<Option<ManifestRefs>, RemarkError> {
+        let unusable = |reason: String| RemarkError::UnreadableManifest {
+            repository: self.repository.to_owned(),
+            digest,
+            reason,
+        };
+        if let Some(known) = index.and_then(|i| self.catalog.get(&i)) {
+            return known.clone().map(Some).map_err(unusable);
+        }
+        if let Some(read) = self.read_since.get(&digest) {
+            return Ok(read.clone());
+        }
+        let read = match self.storage.get(&layout::blob_data(&digest)).await {
+            Ok(content) if content.len() as u64 > MAX_MANIFEST_BYTES => {
+                return Err(unusable(format!(
+                    "{} bytes is larger than the {MAX_MANIFEST_BYTES} bytes a manifest may have",
+                    content.len()
+                )));
+            }
+            Ok(content) => Some(parse_manifest(&content).map_err(|e| unusable(e.to_string()))?),
+            Err(StorageError::NotFound { .. }) => None,
+            Err(e) => return Err(unusable(e.to_string())),
+        };
+        self.read_since.insert(digest, read.clone());
+        Ok(read)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::fs;
+    use std::path::Path;
+    use std::time::{Duration, SystemTime};
+
+    use super::*;
+    use crate::mark;
+    use crate::plan::{self, PlanOptions, Target};
+    use crate::scan::scan;
+    use crate::storage::local::LocalStorage;
+
+    fn write(root: &Path, key: &str, content: &[u8]) {
+        let path = root.join(key);
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        fs::write(path, content).unwrap();
+    }
+
+    fn blob(root: &Path, content: &[u8]) -> Digest {
+        use sha2::Digest as _;
+        let digest = Digest::parse(&format!("sha256:{:x}", sha2::Sha256::digest(content))).unwrap();
+        write(root, &layout::blob_data(&digest), content);
+        digest
+    }
+
+    fn link(root: &Path, key: &str, digest: &Digest) {
+        write(root, key, digest.to_string().as_bytes());
+    }
+
+    /// Pushes `tag` of `repo` → `manifest`, as the registry writes it: layer links, revision, tag.
+    fn push(root: &Path, repo: &str, tag: &str, manifest: &Digest, blobs: &[Digest]) {
+        for b in blobs {
+            link(root, &layout::layer_link(repo, b), b);
+        }
+        link(root, &layout::revision_link(repo, manifest), manifest);
+        link(root, &layout::tag_index_link(repo, tag, manifest), manifest);
+        link(root, &layout::tag_current_link(repo, tag), manifest);
+    }
+
+    /// A registry whose only image lost its tag long ago (its blobs are garbage), and one live image.
+    fn registry(root: &Path) -> (Digest, Digest, Digest) {
+        let config = blob(root, br#"{"architecture":"amd64"}"#);
+        let layer = blob(root, b"an unreferenced layer");
+        let manifest = blob(
+            root,
+            format!(
+                r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{config}","size":1}},"layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"{layer}","size":1}}]}}"#
+            )
+            .as_bytes(),
+        );
+        let other = blob(root, br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:0000000000000000000000000000000000000000000000000000000000000000","size":1},"layers":[]}"#);
+        push(root, "live", "v1", &other, &[]);
+        (config, layer, manifest)
+    }
+
+    async fn collect_and_remark(
+        root: &Path,
+        between: impl FnOnce(),
+    ) -> (Inventory, plan::SweepPlan, usize) {
+        let storage: Arc<dyn Storage> =
+            Arc::new(LocalStorage::open(root, &Default::default()).unwrap());
+        let inventory = scan(&storage, 4).await.unwrap();
+        let catalog = mark::load_manifests(&storage, &inventory, 4).await;
+        // Everything written so far counts as old.
+        let cutoff = SystemTime::now() + Duration::from_secs(3600);
+        let options = MarkOptions {
+            delete_untagged: true,
+            cutoff,
+        };
+        let marks = mark::mark(&inventory, &catalog, options).unwrap();
+        let mut plan = plan::plan(
+            &inventory,
+            &marks,
+            PlanOptions {
+                cutoff,
+                upload_cutoff: cutoff,
+            },
+        );
+        between();
+        let reprieve = remark(&storage, &inventory, &marks, &catalog, options, 4)
+            .await
+            .unwrap();
+        let spared = plan.spare(&inventory.blobs, &reprieve);
+        (inventory, plan, spared)
+    }
+
+    fn planned_blobs(inventory: &Inventory, plan: &plan::SweepPlan) -> Vec<Digest> {
+        let mut blobs: Vec<Digest> = plan
+            .deletions
+            .iter()
+            .filter_map(|d| match d.target {
+                Target::Blob(i) => Some(*inventory.blobs.digest(i)),
+                _ => None,
+            })
+            .collect();
+        blobs.sort();
+        blobs
+    }
+
+    #[tokio::test]
+    async fn a_push_since_the_scan_that_reuses_garbage_blobs_spares_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let (config, layer, manifest) = registry(root);
+        let (inventory, plan, spared) = collect_and_remark(root, || {
+            // The registry links blobs it already has without rewriting them.
+            push(root, "new/app", "latest", &manifest, &[config, layer]);
+        })
+        .await;
+        assert_eq!(spared, 3, "the three blobs of the pushed image");
+        assert_eq!(planned_blobs(&inventory, &plan), Vec::<Digest>::new());
+    }
+
+    #[tokio::test]
+    async fn a_layer_linked_before_its_manifest_is_pushed_is_spared() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let (config, layer, manifest) = registry(root);
+        let (inventory, plan, _) = collect_and_remark(root, || {
+            link(root, &layout::layer_link("new/app", &layer), &layer);
+        })
+        .await;
+        let mut expected = vec![config, manifest];
+        expected.sort();
+        assert_eq!(planned_blobs(&inventory, &plan), expected);
+    }
+
+    #[tokio::test]
+    async fn nothing_new_spares_nothing_and_a_new_unreadable_manifest_stops_the_sweep() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let (config, layer, manifest) = registry(root);
+        let (inventory, plan, spared) = collect_and_remark(root, || {}).await;
+        assert_eq!(spared, 0);
+        let mut expected = vec![config, layer, manifest];
+        expected.sort();
+        assert_eq!(planned_blobs(&inventory, &plan), expected);
+
+        // A tag pushed since the scan naming a blob that is not a manifest: fail closed.
+        let storage: Arc<dyn Storage> =
+            Arc::new(LocalStorage::open(root, &Default::default()).unwrap());
+        let inventory = scan(&storage, 4).await.unwrap();
+        let catalog = mark::load_manifests(&storage, &inventory, 4).await;
+        let options = MarkOptions {
+            delete_untagged: true,
+            cutoff: SystemTime::now() + Duration::from_secs(3600),
+        };
+        let marks = mark::mark(&inventory, &catalog, options).unwrap();
+        let junk = blob(root, b"not a manifest");
+        push(root, "new/app", "latest", &junk, &[]);
+        let err = remark(&storage, &inventory, &marks, &catalog, options, 4)
+            .await
+            .unwrap_err();
+        let message = err.to_string();
+        assert!(
+            message.contains("new/app") && message.contains(&junk.to_string()),
+            "{message}"
+        );
+    }
+}
