@@ -6,7 +6,7 @@ use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::SystemTime;
 
 use anyhow::{Context, Result};
@@ -114,7 +114,7 @@ async fn gc(args: GcArgs, quiet: bool) -> Result<ExitCode> {
             outcome.command,
             outcome.status
         )),
-        _ => collect(&args, storage, halt, quiet).await,
+        _ => collect(&args, storage, Arc::clone(&halt), quiet).await,
     };
     // Whatever happened once the pre-command started, the post-command undoes it.
     let post = match &args.post_command {
@@ -125,6 +125,14 @@ async fn gc(args: GcArgs, quiet: bool) -> Result<ExitCode> {
         lock.release().await;
     }
     let mut summary = collected?;
+    if halt.load(Ordering::SeqCst)
+        && !summary
+            .error_messages
+            .iter()
+            .any(|m| m.contains("run lock was lost"))
+    {
+        summary.add_error("the run lock was lost during the run: another run took it over".into());
+    }
     summary.run = (!args.dry_run).then(|| run.to_string());
     summary.pre_command = pre;
     if let Some(outcome) = &post

@@ -1,8 +1,12 @@
 //! Running the `regsweep` binary and reading what it wrote.
 
 use std::fs;
+use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
-use std::process::{Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex, mpsc};
+use std::thread;
+use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 
@@ -57,8 +61,8 @@ pub fn field_u64(summary: &serde_json::Value, name: &str, run: &RunOutput) -> u6
         .unwrap_or_else(|| panic!("summary has no numeric `{name}`:\n{}", run.describe()))
 }
 
-/// Runs `bin args…` to completion, with `REGISTRY_*` variables removed from its environment.
-pub fn run_regsweep(bin: &Path, args: &[&str]) -> RunOutput {
+/// `bin args…` with `REGISTRY_*` variables removed from its environment.
+fn command(bin: &Path, args: &[&str]) -> Command {
     let mut command = Command::new(bin);
     command.args(args).stdin(Stdio::null());
     for (key, _) in std::env::vars_os() {
@@ -66,6 +70,98 @@ pub fn run_regsweep(bin: &Path, args: &[&str]) -> RunOutput {
             command.env_remove(key);
         }
     }
+    command
+}
+
+/// A `regsweep` run in the background, whose stderr is watched line by line (for the marker lines
+/// of the test hooks).
+pub struct Background {
+    child: Child,
+    command: String,
+    stderr: Arc<Mutex<String>>,
+    lines: mpsc::Receiver<String>,
+    stdout: thread::JoinHandle<String>,
+}
+
+impl Background {
+    /// Starts `bin args…` with the extra environment `env`.
+    pub fn start(bin: &Path, args: &[&str], env: &[(&str, &str)]) -> Background {
+        let mut command = command(bin, args);
+        command
+            .envs(env.iter().copied())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = command
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {}: {e}", bin.display()));
+        let mut out = child.stdout.take().expect("piped stdout");
+        let stdout = thread::spawn(move || {
+            let mut text = String::new();
+            let _ = out.read_to_string(&mut text);
+            text
+        });
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let (tx, lines) = mpsc::channel();
+        let err = BufReader::new(child.stderr.take().expect("piped stderr"));
+        let all = Arc::clone(&stderr);
+        thread::spawn(move || {
+            for line in err.lines().map_while(Result::ok) {
+                all.lock().unwrap().push_str(&format!("{line}\n"));
+                let _ = tx.send(line);
+            }
+        });
+        Background {
+            child,
+            command: format!("{} {}", bin.display(), args.join(" ")),
+            stderr,
+            lines,
+            stdout,
+        }
+    }
+
+    /// Waits until a stderr line contains `needle`; panics (with the output) after `timeout` or
+    /// when the process ends first.
+    pub fn wait_for(&mut self, needle: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return,
+                Ok(_) => {}
+                Err(_) => panic!(
+                    "`{needle}` never appeared on stderr of {}:\n{}",
+                    self.command,
+                    self.stderr.lock().unwrap()
+                ),
+            }
+        }
+    }
+
+    /// SIGKILL, and what it printed until then.
+    pub fn kill(mut self) -> RunOutput {
+        self.child.kill().expect("kill regsweep");
+        self.wait()
+    }
+
+    /// Waits for the process to end.
+    pub fn wait(mut self) -> RunOutput {
+        let status = self.child.wait().expect("wait for regsweep");
+        let stdout = self.stdout.join().expect("stdout reader");
+        // The stderr reader ends with the process; give it a moment to take the last lines.
+        while self.lines.recv_timeout(Duration::from_millis(200)).is_ok() {}
+        let stderr = self.stderr.lock().unwrap().clone();
+        RunOutput {
+            command: self.command,
+            status,
+            stdout,
+            stderr,
+        }
+    }
+}
+
+/// Runs `bin args…` to completion, with `REGISTRY_*` variables removed from its environment.
+pub fn run_regsweep(bin: &Path, args: &[&str]) -> RunOutput {
+    let mut command = command(bin, args);
     let output = command
         .output()
         .unwrap_or_else(|e| panic!("run {}: {e}", bin.display()));
