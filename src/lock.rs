@@ -100,8 +100,9 @@ struct Held {
     version: Version,
 }
 
+/// Milliseconds: a lease may be short (seconds, in tests), and a whole-second stamp would cut it.
 fn rfc3339(at: SystemTime) -> String {
-    humantime::format_rfc3339_seconds(at).to_string()
+    humantime::format_rfc3339_millis(at).to_string()
 }
 
 /// This machine and process, as the lock names its holder.
