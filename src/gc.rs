@@ -153,11 +153,17 @@ impl Collection {
         summary.warnings = std::mem::take(&mut self.marks.warnings);
         if self.options.dry_run {
             summary.count_plan(&self.plan, &self.inventory);
-        } else if let Err(error) = self.remark().await {
-            summary.add_error(format!(
-                "refusing to delete anything: the re-mark before the sweep failed: {error}"
-            ));
         } else {
+            match self.remark().await {
+                Ok(spared) => summary.deletions_spared = spared as u64,
+                Err(error) => {
+                    summary.add_error(format!(
+                        "refusing to delete anything: the re-mark before the sweep failed: {error}"
+                    ));
+                    summary.duration_seconds = self.started.elapsed().as_secs_f64();
+                    return summary;
+                }
+            }
             let outcome = sweep::sweep(
                 &self.storage,
                 &self.plan,
@@ -203,8 +209,9 @@ impl Collection {
         summary
     }
 
-    /// Lists the repositories again and drops from the plan whatever became live since the scan.
-    async fn remark(&mut self) -> Result<(), remark::RemarkError> {
+    /// Lists the repositories again and drops from the plan whatever became live since the scan;
+    /// returns how many deletions it dropped.
+    async fn remark(&mut self) -> Result<usize, remark::RemarkError> {
         if let Some(barrier) = &self.options.pause_before_sweep {
             eprintln!("{PAUSE_MARKER}");
             while !barrier.exists() {
@@ -228,7 +235,7 @@ impl Collection {
                 "spared what the registry wrote since the scan"
             );
         }
-        Ok(())
+        Ok(spared)
     }
 }
 

@@ -41,6 +41,8 @@ pub struct Summary {
     pub directories_pruned: u64,
     /// Objects regsweep does not recognise; never deleted.
     pub unknown_objects: u64,
+    /// Planned deletions the re-mark before the sweep dropped: pushes since the scan made them live.
+    pub deletions_spared: u64,
     pub errors: u64,
     pub error_messages: Vec<String>,
     pub warnings: Vec<String>,

@@ -168,7 +168,13 @@ fn pushes_during_a_collection_with_the_default_grace_period_all_pull_afterwards(
             run.describe()
         );
     }
-    assert!(field_u64(&run.json(), "blobs_deleted", &run) >= (garbage.len() - 3) as u64);
+    let summary = run.json();
+    assert!(field_u64(&summary, "blobs_deleted", &run) >= (garbage.len() - 3) as u64);
+    assert!(
+        field_u64(&summary, "deletions_spared", &run) >= 3,
+        "{}",
+        run.describe()
+    );
 
     f.registry.restart();
     verify_pulls(&f.client, &f.model).assert_ok("pull every tag pushed before the run");
