@@ -14,7 +14,9 @@ use tracing::info;
 use crate::layout;
 use crate::mark::{self, MarkError, MarkOptions};
 use crate::plan::{self, Kind, Phase, PlanOptions, SweepPlan};
-use crate::report::Summary;
+use crate::quarantine::Quarantine;
+use crate::report::{Summary, error_chain};
+use crate::run_id::RunId;
 use crate::scan::{self, Inventory, ScanError};
 use crate::storage::Storage;
 use crate::sweep;
@@ -30,6 +32,8 @@ pub struct GcOptions {
     pub upload_max_age: Duration,
     /// Storage requests in flight at once.
     pub concurrency: usize,
+    /// Move what would be deleted into this quarantine run instead (`--quarantine`).
+    pub quarantine: Option<RunId>,
 }
 
 /// Why nothing was deleted.
@@ -143,11 +147,26 @@ impl Collection {
         if self.options.dry_run {
             summary.count_plan(&self.plan, &self.inventory);
         } else {
+            let quarantine = match &self.options.quarantine {
+                Some(run) => {
+                    let storage = Arc::clone(&self.storage);
+                    match Quarantine::begin(storage, run.clone(), &self.options).await {
+                        Ok(quarantine) => Some(quarantine),
+                        Err(e) => {
+                            summary.add_error(error_chain(&e));
+                            summary.duration_seconds = self.started.elapsed().as_secs_f64();
+                            return summary;
+                        }
+                    }
+                }
+                None => None,
+            };
             let outcome = sweep::sweep(
                 &self.storage,
                 &self.plan,
                 &self.inventory.blobs,
                 self.options.concurrency,
+                quarantine.as_ref(),
             )
             .await;
             let universe = &self.inventory.blobs;
@@ -181,6 +200,13 @@ impl Collection {
             summary.directories_pruned = outcome.directories_removed;
             for error in outcome.errors {
                 summary.add_error(error);
+            }
+            if let Some(quarantine) = quarantine {
+                let (moved, errors) = quarantine.finish(summary.errors).await;
+                summary.quarantine = Some(moved);
+                for error in errors {
+                    summary.add_error(error);
+                }
             }
         }
         summary.duration_seconds = self.started.elapsed().as_secs_f64();

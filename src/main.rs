@@ -9,11 +9,13 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
-use cli::{Cli, Command, GcArgs, LogFormat, OutputFormat};
+use cli::{Cli, Command, GcArgs, LogFormat, OutputFormat, PurgeArgs, RestoreArgs, StorageArgs};
 use regsweep::config::{self, StorageConfig};
 use regsweep::gc::{Collection, GcOptions};
+use regsweep::quarantine::{self, PurgeOptions, RestoreOptions};
 use regsweep::report::error_chain;
 use regsweep::restart::run_restart_command;
+use regsweep::run_id::RunId;
 use regsweep::storage::{self, requests::RequestCounter};
 
 fn main() -> ExitCode {
@@ -25,6 +27,8 @@ fn main() -> ExitCode {
         .expect("tokio runtime");
     let result = match cli.command {
         Command::Gc(args) => runtime.block_on(gc(args, cli.quiet)),
+        Command::Restore(args) => runtime.block_on(restore(args, cli.quiet)),
+        Command::Purge(args) => runtime.block_on(purge(args, cli.quiet)),
     };
     match result {
         Ok(code) => code,
@@ -55,7 +59,14 @@ fn init_logging(format: LogFormat, quiet: bool) {
 }
 
 fn storage_config(args: &GcArgs) -> Result<StorageConfig> {
-    Ok(match (&args.config, &args.storage) {
+    location_config(&args.config, &args.storage)
+}
+
+fn location_config(
+    config: &Option<std::path::PathBuf>,
+    storage: &Option<String>,
+) -> Result<StorageConfig> {
+    Ok(match (config, storage) {
         (Some(path), _) => {
             // `vars()` panics on a non-UTF-8 variable; the registry's own variables are UTF-8.
             let env = std::env::vars_os().filter_map(|(key, value)| {
@@ -78,6 +89,9 @@ async fn gc(args: GcArgs, quiet: bool) -> Result<ExitCode> {
         min_age: args.min_age,
         upload_max_age: args.upload_max_age,
         concurrency: usize::from(args.concurrency),
+        quarantine: args
+            .quarantine
+            .then(|| RunId::new(std::time::SystemTime::now())),
     };
     let collection = Collection::prepare(storage, options).await?;
 
@@ -145,4 +159,63 @@ fn write_plan(collection: &Collection, path: &std::path::Path) -> Result<()> {
     }
     out.flush()?;
     Ok(())
+}
+
+/// Opens the storage `restore` and `purge` work on.
+fn open_location(
+    location: &StorageArgs,
+    counter: &RequestCounter,
+) -> Result<std::sync::Arc<dyn storage::Storage>> {
+    let config = location_config(&location.config, &location.storage)?;
+    storage::open(&config, counter).context("cannot open the registry's storage")
+}
+
+/// Prints a summary as `format` asks; exit status 1 if it counts errors.
+fn finish<T: serde::Serialize + std::fmt::Display>(
+    summary: &T,
+    errors: u64,
+    format: OutputFormat,
+    quiet: bool,
+) -> Result<ExitCode> {
+    match format {
+        OutputFormat::Json => {
+            serde_json::to_writer(std::io::stdout().lock(), summary)?;
+            println!();
+        }
+        OutputFormat::Text if !quiet || errors > 0 => println!("{summary}"),
+        OutputFormat::Text => {}
+    }
+    Ok(if errors == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+async fn restore(args: RestoreArgs, quiet: bool) -> Result<ExitCode> {
+    let counter = RequestCounter::default();
+    let storage = open_location(&args.location, &counter)?;
+    let options = RestoreOptions {
+        run: args.run,
+        dry_run: args.dry_run,
+        concurrency: usize::from(args.concurrency),
+    };
+    let mut summary = quarantine::restore(storage, options).await?;
+    summary.requests = counter.snapshot();
+    finish(&summary, summary.errors, args.format, quiet)
+}
+
+async fn purge(args: PurgeArgs, quiet: bool) -> Result<ExitCode> {
+    let counter = RequestCounter::default();
+    let storage = open_location(&args.location, &counter)?;
+    let options = PurgeOptions {
+        older_than: args.older_than,
+        run: args.run,
+        dry_run: args.dry_run,
+        concurrency: usize::from(args.concurrency),
+        now: std::time::SystemTime::now(),
+    };
+    let mut summary = quarantine::purge(storage, options).await?;
+    summary.requests = counter.snapshot();
+    finish(&summary, summary.errors, args.format, quiet)
 }

@@ -7,6 +7,7 @@ use std::fmt;
 use serde::Serialize;
 
 use crate::plan::{Deletion, Kind, SweepPlan};
+use crate::quarantine::QuarantineSummary;
 use crate::restart::RestartOutcome;
 use crate::scan::Inventory;
 use crate::storage::requests::Requests;
@@ -46,6 +47,9 @@ pub struct Summary {
     pub warnings: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub restart: Option<RestartOutcome>,
+    /// With `--quarantine`: where what was removed went (`run`, `prefix`, `objects`, `bytes`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quarantine: Option<QuarantineSummary>,
     /// Requests sent to the storage, by kind (on a filesystem: directory reads, file reads,
     /// unlinks).
     pub requests: Requests,
@@ -181,6 +185,9 @@ impl fmt::Display for Summary {
             human_bytes(self.upload_bytes_deleted),
             self.directories_deleted
         )?;
+        if let Some(quarantine) = &self.quarantine {
+            writeln!(f, "{quarantine}")?;
+        }
         if self.unknown_objects > 0 {
             writeln!(f, "kept {} unrecognised objects", self.unknown_objects)?;
         }

@@ -5,6 +5,9 @@
 //! deleted either, so no failure leaves a link to a missing blob. After each batch, the directories
 //! the batch emptied are removed (on backends that have directories); whichever batch deletes the
 //! last object of a directory removes it, so none is left behind.
+//!
+//! With a [`Quarantine`], objects are moved into it instead of deleted (directory keys are still
+//! deleted, multipart uploads still aborted), with the same order, batches and rules.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -14,6 +17,7 @@ use futures::{StreamExt, stream};
 use crate::digest::Digest;
 use crate::layout::{self, RepositoryObject};
 use crate::plan::{Deletion, Kind, Phase, SweepPlan, Target};
+use crate::quarantine::Quarantine;
 use crate::scan::BlobUniverse;
 use crate::storage::Storage;
 
@@ -33,6 +37,7 @@ pub async fn sweep(
     plan: &SweepPlan,
     universe: &BlobUniverse,
     concurrency: usize,
+    quarantine: Option<&Quarantine>,
 ) -> SweepOutcome {
     let mut outcome = SweepOutcome {
         done: vec![false; plan.deletions.len()],
@@ -57,7 +62,7 @@ pub async fn sweep(
         let mut batches = stream::iter(
             runnable
                 .chunks(batch)
-                .map(|chunk| delete_batch(storage, chunk, &plan.deletions, universe)),
+                .map(|chunk| delete_batch(storage, chunk, &plan.deletions, universe, quarantine)),
         )
         .buffer_unordered(concurrency.max(1));
         while let Some(result) = batches.next().await {
@@ -108,6 +113,7 @@ async fn delete_batch(
     chunk: &[usize],
     deletions: &[Deletion],
     universe: &BlobUniverse,
+    quarantine: Option<&Quarantine>,
 ) -> BatchResult {
     let mut owners = Vec::new();
     let mut keys = Vec::new();
@@ -126,7 +132,10 @@ async fn delete_batch(
             keys.push(key);
         }
     }
-    let results = storage.delete(keys.clone()).await;
+    let (results, verb) = match quarantine {
+        Some(quarantine) => (quarantine.remove(keys.clone()).await, "quarantine"),
+        None => (storage.delete(keys.clone()).await, "delete"),
+    };
     let mut failures: Vec<(usize, Option<String>)> = chunk
         .iter()
         .filter(|&&i| !matches!(deletions[i].target, Target::Multipart(_)))
@@ -139,7 +148,7 @@ async fn delete_batch(
             Err(e) => {
                 let slot = failures.iter_mut().find(|(i, _)| i == owner);
                 if let Some((_, failure @ None)) = slot {
-                    *failure = Some(format!("delete {e}"));
+                    *failure = Some(format!("{verb} {e}"));
                 }
             }
         }
