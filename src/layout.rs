@@ -16,7 +16,9 @@
 //!
 //! ```text
 //! _regsweep/lock                                                    the run lock
-//! _regsweep/quarantine/<run>/…                                      what a --quarantine run moved
+//! _regsweep/quarantine/<run>/docker/registry/v2/…                  what a --quarantine run moved
+//! _regsweep/quarantine/<run>/run.json                               the run's record
+//! _regsweep/quarantine/<run>/journal/<batch>.jsonl                  what it moved, batch by batch
 //! ```
 //!
 //! Parsing is strict: a key that does not match a known form exactly is [`RepositoryObject::Unknown`]
