@@ -32,7 +32,7 @@ use tracing::{info, warn};
 use crate::digest::Digest;
 use crate::gc::GcOptions;
 use crate::layout::{self, BlobObject, RepositoryObject};
-use crate::report::human_bytes;
+use crate::report::{error_chain, human_bytes};
 use crate::run_id::RunId;
 use crate::storage::requests::Requests;
 use crate::storage::{ObjectMeta, PutCondition, Storage, StorageError};
@@ -199,7 +199,13 @@ impl Quarantine {
                 async move {
                     let _permit = self.permits.acquire().await.expect("never closed");
                     let to = layout::quarantined(&self.run, key);
-                    let result = self.storage.rename(key, &to).await;
+                    // Named by the registry key, whichever end of the move failed.
+                    let result = self.storage.rename(key, &to).await.map_err(|e| {
+                        StorageError::DeleteFailed {
+                            key: key.clone(),
+                            reason: format!("not moved into the quarantine: {}", error_chain(&e)),
+                        }
+                    });
                     (i, result, SystemTime::now())
                 }
             })

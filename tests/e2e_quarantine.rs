@@ -11,6 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::Path;
 
+use support::fault_proxy::FaultProxy;
 use support::model::Model;
 use support::run::{RunOutput, field_u64};
 use support::s3::MotoServer;
@@ -376,18 +377,71 @@ fn quarantine_and_restore_on_s3() {
         .assert_ok("pull every revision from S3, untagged ones included, after the restore");
     f.registry.stop();
 
-    // A second run, purged for good.
-    let (_, second) = gc_quarantine(&config);
+    // A second run, during which S3 refuses to copy one garbage blob (as it refuses CopyObject
+    // beyond 5 GiB): that blob stays in place, reported; everything else is quarantined.
+    let orphan = f.model.orphans.iter().next().unwrap().clone();
+    let hex = orphan.trim_start_matches("sha256:");
+    let blob_key = format!("docker/registry/v2/blobs/sha256/{}/{hex}/data", &hex[..2]);
+    // Only the copy's `x-amz-copy-source` header line ends with the source key.
+    let proxy = FaultProxy::deny(
+        moto.endpoint().trim_start_matches("http://"),
+        &format!("{blob_key}\r\n"),
+    );
+    let text = fs::read_to_string(f.registry.config_path()).unwrap();
+    let denied = f.dir().join("through-proxy.yml");
+    fs::write(&denied, text.replace(&moto.endpoint(), &proxy.endpoint())).unwrap();
+    let run = regsweep(&[
+        "gc",
+        denied.to_str().unwrap(),
+        "--quarantine",
+        "-m",
+        "--min-age",
+        "0s",
+        "--format",
+        "json",
+    ]);
+    assert_eq!(run.status.code(), Some(1), "{}", run.describe());
+    assert!(proxy.injected() > 0, "the proxy denied nothing");
+    let summary = run.json();
+    let errors = summary["error_messages"].as_array().unwrap();
+    assert_eq!(errors.len(), 1, "{}", run.describe());
+    let error = errors[0].as_str().unwrap();
+    assert!(
+        error.starts_with(&format!("quarantine {blob_key}")),
+        "{error}"
+    );
+    let second = summary["quarantine"]["run"].as_str().unwrap().to_owned();
+    assert_eq!(summary["quarantine"]["objects"], moved.len() as u64 - 1);
+    let copy = download();
+    assert!(
+        copy.path().join(&blob_key).is_file(),
+        "the blob left its place"
+    );
+    assert!(
+        !copy
+            .path()
+            .join(QUARANTINE)
+            .join(&second)
+            .join(&blob_key)
+            .exists(),
+        "a copy of the blob is in the quarantine"
+    );
+
+    // Purged for good.
     let purge = regsweep(&["purge", &config, "--older-than", "0s", "--format", "json"]);
     purge.assert_success();
     let purged = purge.json();
     assert_eq!(purged["runs"][0]["run"], second);
     assert_eq!(
         field_u64(&purged, "objects_deleted", &purge),
-        moved.len() as u64
+        moved.len() as u64 - 1
     );
     let left = moto.list_keys(BUCKET, &format!("{S3_ROOT}/{QUARANTINE}"));
     assert!(left.is_empty(), "left in the quarantine: {left:?}");
+    // A collection without --quarantine takes the blob that could not be moved.
+    let run = regsweep(&["gc", &config, "-m", "--min-age", "0s", "--format", "json"]);
+    run.assert_success();
+    assert_eq!(field_u64(&run.json(), "blobs_deleted", &run), 1);
     assert_exactly_the_live_set(
         &download().path().join("docker/registry/v2"),
         &f.model,
