@@ -172,10 +172,6 @@ impl Quarantine {
         })
     }
 
-    pub fn run(&self) -> &RunId {
-        &self.run
-    }
-
     /// What the sweep would delete, removed from the registry: objects are moved into the
     /// quarantine, directory keys (ending in `/`, nothing to keep) deleted. One result per key, in
     /// order. The moves of the batch are journaled once they are done.
