@@ -1,6 +1,7 @@
 //! End-to-end tests of `regsweep gc --quarantine`, `regsweep restore` and `regsweep purge` against
-//! storage written by the real registry (`docker-registry` 2.8), on a filesystem and on S3
-//! (`moto_server` behind the registry's S3 driver): what a quarantine run removes is exactly what a
+//! storage written by the real registry (`docker-registry` 2.8), on a filesystem, on S3
+//! (`moto_server` behind the registry's S3 driver) and on Azure Blob (Azurite, loaded with a tree the
+//! registry wrote): what a quarantine run removes is exactly what a
 //! collection deletes, kept byte for byte under `_regsweep/quarantine/<run>/`; a restore puts the
 //! registry back byte for byte and the registry serves everything again, untagged manifests
 //! included; a purge deletes old runs for good and nothing younger.
@@ -11,6 +12,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::Path;
 
+use support::azurite::Azurite;
 use support::fault_proxy::FaultProxy;
 use support::model::Model;
 use support::run::{RunOutput, field_u64};
@@ -448,4 +450,65 @@ fn quarantine_and_restore_on_s3() {
         true,
         &all_uploads,
     );
+}
+
+#[test]
+fn quarantine_and_restore_on_azure() {
+    let mut f = Fixture::build();
+    f.registry.stop();
+    let azurite = Azurite::start();
+    azurite.create_container("registry");
+    azurite.upload_tree("registry", "reg", &f.registry.storage_root());
+    let config = f.dir().join("azure.yml");
+    fs::write(
+        &config,
+        format!(
+            "version: 0.1\nstorage:\n  azure:\n    accountname: devstoreaccount1\n    \
+             accountkey: {key}\n    container: registry\n    serviceurl: {url}\n    \
+             rootdirectory: /reg\n  delete:\n    enabled: true\n",
+            key = support::azurite::ACCOUNT_KEY,
+            url = azurite.service_url(),
+        ),
+    )
+    .unwrap();
+    let config = config.to_string_lossy().into_owned();
+    let download = || {
+        let dir = tempfile::tempdir().unwrap();
+        azurite.download("registry", "reg/", dir.path());
+        dir
+    };
+    // Uploaded again, every upload is fresh: none is stale any more.
+    let all_uploads: BTreeSet<(String, String)> = f
+        .model
+        .uploads
+        .iter()
+        .map(|u| (u.repo.clone(), u.uuid.clone()))
+        .collect();
+    let before = registry_files(download().path());
+
+    // Quarantine through Copy Blob, then restore.
+    let (summary, run) = gc_quarantine(&config);
+    let copy = download();
+    assert_exactly_the_live_set(
+        &copy.path().join("docker/registry/v2"),
+        &f.model,
+        true,
+        &all_uploads,
+    );
+    assert_quarantined(&before, copy.path(), &summary, &run, &f.model);
+    let restore = regsweep(&["restore", &config, "--run", &run, "--format", "json"]);
+    restore.assert_success();
+    assert_eq!(
+        restore.json()["run_removed"],
+        true,
+        "{}",
+        restore.describe()
+    );
+    assert_eq!(
+        registry_files(download().path()),
+        before,
+        "Azure after the restore"
+    );
+    let left = azurite.list_keys("registry", &format!("reg/{QUARANTINE}"));
+    assert!(left.is_empty(), "left in the quarantine: {left:?}");
 }
