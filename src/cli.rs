@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use regsweep::run_id::RunId;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -36,6 +37,105 @@ pub enum Command {
             deleted) or some deletions or the restart command failed (see the summary); 2 for bad usage."
     )]
     Gc(GcArgs),
+    /// Put back every object a `gc --quarantine` run moved (default: the latest run).
+    #[command(
+        after_help = "Blobs go back first, then revision and layer links, then tags, so that an \
+            interrupted restore never leaves a link to a missing blob. An original key that holds \
+            something again keeps it: the quarantined copy is dropped if it is the same object, kept \
+            and reported (exit 1) otherwise.\n\nExit status: 0 when everything went back; 1 on any \
+            error or conflict (see the summary); 2 for bad usage."
+    )]
+    Restore(RestoreArgs),
+    /// Delete for good the quarantine runs that finished longer ago than --older-than.
+    #[command(
+        after_help = "A run's age is its record's finish time, or, for a run that never finished, \
+            the modification time of its newest object.\n\nExit status: 0 when everything went \
+            well; 1 on any error; 2 for bad usage."
+    )]
+    Purge(PurgeArgs),
+}
+
+/// Where the storage is, for `restore` and `purge`.
+#[derive(Debug, Args)]
+pub struct StorageArgs {
+    /// The registry's own config.yml (REGISTRY_* environment overrides apply, as in the registry).
+    #[arg(
+        value_name = "CONFIG",
+        required_unless_present = "storage",
+        conflicts_with = "storage"
+    )]
+    pub config: Option<PathBuf>,
+
+    /// The storage root instead of a config file: file:///var/lib/registry (or a plain path).
+    #[arg(long, value_name = "URL")]
+    pub storage: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    #[command(flatten)]
+    pub location: StorageArgs,
+
+    /// The run to restore (as printed by `gc --quarantine`); default: the latest.
+    #[arg(long, value_name = "ID", value_parser = parse_run_id)]
+    pub run: Option<RunId>,
+
+    /// Change nothing: print what would be restored.
+    #[arg(short = 'd', long)]
+    pub dry_run: bool,
+
+    /// Storage requests in flight at once.
+    #[arg(long, value_name = "N", default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..))]
+    pub concurrency: u16,
+
+    /// Output: a text summary, or one JSON object on stdout (logs stay on stderr).
+    #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+    pub format: OutputFormat,
+
+    #[command(flatten)]
+    pub lock: LockArgs,
+}
+
+/// The run lock, taken by every command that changes the storage (not by dry runs).
+#[derive(Debug, Args)]
+pub struct LockArgs {
+    /// Lease of the run lock (`_regsweep/lock` in the storage): renewed every quarter of it; a run
+    /// that died is taken over by the next one once its lease ran out.
+    #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = parse_duration)]
+    pub lock_lease: Duration,
+
+    /// Take the run lock over even if another run's lease has not run out (when it certainly died).
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct PurgeArgs {
+    #[command(flatten)]
+    pub location: StorageArgs,
+
+    /// Delete the runs that finished longer ago than this (e.g. 7d; 0s: every finished run).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub older_than: Duration,
+
+    /// Only this run (if it is old enough).
+    #[arg(long, value_name = "ID", value_parser = parse_run_id)]
+    pub run: Option<RunId>,
+
+    /// Change nothing: print what would be deleted.
+    #[arg(short = 'd', long)]
+    pub dry_run: bool,
+
+    /// Storage requests in flight at once.
+    #[arg(long, value_name = "N", default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..))]
+    pub concurrency: u16,
+
+    /// Output: a text summary, or one JSON object on stdout (logs stay on stderr).
+    #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+    pub format: OutputFormat,
+
+    #[command(flatten)]
+    pub lock: LockArgs,
 }
 
 #[derive(Debug, Args)]
@@ -90,19 +190,18 @@ pub struct GcArgs {
     #[arg(long, value_name = "CMD")]
     pub post_command: Option<String>,
 
-    /// Lease of the run lock (`_regsweep/lock` in the storage): renewed every quarter of it; a run
-    /// that died is taken over by the next one once its lease ran out.
-    #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = parse_duration)]
-    pub lock_lease: Duration,
-
-    /// Take the run lock over even if another run's lease has not run out (when it certainly died).
-    #[arg(long)]
-    pub force: bool,
+    #[command(flatten)]
+    pub lock: LockArgs,
 
     /// Run through `sh -c` after a sweep that deleted anything (to restart the registry, whose
     /// blob cache still believes deleted layers exist); its failure makes the exit status non-zero.
     #[arg(long, value_name = "CMD")]
     pub restart_command: Option<String>,
+
+    /// Move what would be deleted under _regsweep/quarantine/<run>/ in the same storage instead
+    /// of deleting it (undo with `regsweep restore`, delete later with `regsweep purge`).
+    #[arg(long)]
+    pub quarantine: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -115,6 +214,11 @@ pub enum OutputFormat {
 pub enum LogFormat {
     Text,
     Json,
+}
+
+/// A run ID as `gc --quarantine` printed it.
+fn parse_run_id(text: &str) -> Result<RunId, String> {
+    RunId::parse(text).ok_or_else(|| "not a run ID (like 20261129T031522Z-3f9a1c)".to_owned())
 }
 
 /// Durations as operators write them: `90s`, `1h`, `168h`, `1h30m`, `7d`.

@@ -15,8 +15,10 @@ use tracing::info;
 use crate::layout;
 use crate::mark::{self, ManifestCatalog, MarkError, MarkOptions, MarkSet};
 use crate::plan::{self, Kind, Phase, PlanOptions, SweepPlan};
+use crate::quarantine::Quarantine;
 use crate::remark;
-use crate::report::Summary;
+use crate::report::{Summary, error_chain};
+use crate::run_id::RunId;
 use crate::scan::{self, Inventory, ScanError};
 use crate::storage::Storage;
 use crate::sweep;
@@ -35,6 +37,8 @@ pub struct GcOptions {
     /// Test hook: before the re-mark, wait until this file exists (see `REGSWEEP_TEST_PAUSE_BEFORE_SWEEP`
     /// in the binary), so that a test can push while the collection is between mark and sweep.
     pub pause_before_sweep: Option<std::path::PathBuf>,
+    /// Move what would be deleted into this quarantine run instead (`--quarantine`).
+    pub quarantine: Option<RunId>,
 }
 
 /// Why nothing was deleted.
@@ -164,12 +168,27 @@ impl Collection {
                     return summary;
                 }
             }
+            let quarantine = match &self.options.quarantine {
+                Some(run) => {
+                    let storage = Arc::clone(&self.storage);
+                    match Quarantine::begin(storage, run.clone(), &self.options).await {
+                        Ok(quarantine) => Some(quarantine),
+                        Err(e) => {
+                            summary.add_error(error_chain(&e));
+                            summary.duration_seconds = self.started.elapsed().as_secs_f64();
+                            return summary;
+                        }
+                    }
+                }
+                None => None,
+            };
             let outcome = sweep::sweep(
                 &self.storage,
                 &self.plan,
                 &self.inventory.blobs,
                 self.options.concurrency,
                 &halt,
+                quarantine.as_ref(),
             )
             .await;
             let universe = &self.inventory.blobs;
@@ -203,6 +222,13 @@ impl Collection {
             summary.directories_pruned = outcome.directories_removed;
             for error in outcome.errors {
                 summary.add_error(error);
+            }
+            if let Some(quarantine) = quarantine {
+                let (moved, errors) = quarantine.finish(summary.errors).await;
+                summary.quarantine = Some(moved);
+                for error in errors {
+                    summary.add_error(error);
+                }
             }
         }
         summary.duration_seconds = self.started.elapsed().as_secs_f64();

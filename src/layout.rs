@@ -16,13 +16,16 @@
 //!
 //! ```text
 //! _regsweep/lock                                                    the run lock
-//! _regsweep/quarantine/<run>/…                                      what a --quarantine run moved
+//! _regsweep/quarantine/<run>/docker/registry/v2/…                  what a --quarantine run moved
+//! _regsweep/quarantine/<run>/run.json                               the run's record
+//! _regsweep/quarantine/<run>/journal/<batch>.jsonl                  what it moved, batch by batch
 //! ```
 //!
 //! Parsing is strict: a key that does not match a known form exactly is [`RepositoryObject::Unknown`]
 //! or [`BlobObject::Unknown`], and unknown objects are never deleted.
 
 use crate::digest::{Digest, DigestError, SHA256};
+use crate::run_id::RunId;
 
 /// The root of the registry's data below the storage root directory.
 pub const V2: &str = "docker/registry/v2/";
@@ -39,6 +42,56 @@ pub const REGSWEEP: &str = "_regsweep/";
 pub const RUN_LOCK: &str = "_regsweep/lock";
 /// Where `--quarantine` runs move what they would have deleted, one directory per run.
 pub const QUARANTINE: &str = "_regsweep/quarantine/";
+
+/// The directory of one quarantine run: `_regsweep/quarantine/<run>/`.
+pub fn quarantine_run(run: &RunId) -> String {
+    format!("{QUARANTINE}{run}/")
+}
+
+/// Where a `--quarantine` run keeps the registry object `key`:
+/// `_regsweep/quarantine/<run>/<key>`.
+pub fn quarantined(run: &RunId, key: &str) -> String {
+    format!("{QUARANTINE}{run}/{key}")
+}
+
+/// The inverse of [`quarantined`]: the registry key a quarantined object came from. `None` for
+/// anything that is not a registry object of that run (the run's own records, directory markers,
+/// other runs, keys outside [`V2`], or with empty, `.` or `..` components), so that a restore can
+/// never write outside the registry's tree.
+pub fn unquarantined<'a>(run: &RunId, key: &'a str) -> Option<&'a str> {
+    let original = key
+        .strip_prefix(QUARANTINE)?
+        .strip_prefix(run.as_str())?
+        .strip_prefix('/')?;
+    let inside = original.strip_prefix(V2)?;
+    let sane = !inside.is_empty()
+        && inside
+            .split('/')
+            .all(|part| !matches!(part, "" | "." | ".."));
+    sane.then_some(original)
+}
+
+/// The run record of a quarantine run (`run.json`): when it started and finished, how, and what
+/// it moved.
+pub fn quarantine_record(run: &RunId) -> String {
+    format!("{QUARANTINE}{run}/run.json")
+}
+
+/// The directory of a quarantine run's journal: one JSON-lines object per batch of moves.
+pub fn quarantine_journal(run: &RunId) -> String {
+    format!("{QUARANTINE}{run}/journal/")
+}
+
+/// One batch of a quarantine run's journal.
+pub fn quarantine_journal_batch(run: &RunId, batch: u64) -> String {
+    format!("{QUARANTINE}{run}/journal/{batch:08}.jsonl")
+}
+
+/// The run a quarantine directory (`_regsweep/quarantine/<run>/`, as a listing gives it) belongs
+/// to; `None` for anything that is not a valid run ID.
+pub fn quarantine_run_of(dir: &str) -> Option<RunId> {
+    RunId::parse(dir.strip_prefix(QUARANTINE)?.strip_suffix('/')?)
+}
 
 /// Directories regsweep never removes, even when empty: the registry expects them.
 pub fn is_anchor_dir(dir: &str) -> bool {
@@ -441,6 +494,48 @@ mod tests {
         assert!(parse_link(format!("sha256:{HEX}\n").as_bytes()).is_err());
         assert!(parse_link(b"").is_err());
         assert!(parse_link(&[0xff, 0xfe]).is_err());
+    }
+
+    #[test]
+    fn quarantine_paths_map_both_ways_and_refuse_everything_else() {
+        let run = RunId::parse("20261129T031522Z-3f9a1c").unwrap();
+        let other = RunId::parse("20261129T031522Z-000001").unwrap();
+        let key = blob_data(&d(HEX));
+        let moved = quarantined(&run, &key);
+        assert_eq!(
+            moved,
+            format!("_regsweep/quarantine/20261129T031522Z-3f9a1c/{key}")
+        );
+        assert!(moved.starts_with(&quarantine_run(&run)));
+        assert_eq!(unquarantined(&run, &moved), Some(key.as_str()));
+        let link = tag_current_link("team/app", "v1");
+        assert_eq!(
+            unquarantined(&run, &quarantined(&run, &link)),
+            Some(link.as_str())
+        );
+        let record = quarantine_record(&run);
+        let journal = quarantine_journal_batch(&run, 7);
+        assert!(journal.starts_with(&quarantine_journal(&run)), "{journal}");
+        for refused in [
+            key.clone(),
+            quarantined(&other, &key),
+            record.clone(),
+            journal,
+            quarantine_run(&run),
+            format!("{}docker/registry/v2/", quarantine_run(&run)),
+            format!(
+                "{}docker/registry/v2/../../../etc/passwd",
+                quarantine_run(&run)
+            ),
+            format!("{}docker/registry/v2/blobs//x", quarantine_run(&run)),
+            format!("{}elsewhere/file", quarantine_run(&run)),
+            format!("_regsweep/quarantine/{run}x/{key}"),
+        ] {
+            assert_eq!(unquarantined(&run, &refused), None, "{refused}");
+        }
+        assert_eq!(quarantine_run_of(&quarantine_run(&run)), Some(run));
+        assert_eq!(quarantine_run_of("_regsweep/quarantine/junk/"), None);
+        assert_eq!(quarantine_run_of(&record), None);
     }
 
     #[test]

@@ -10,7 +10,8 @@
 //! - [`plan`]: what goes, in a crash-safe order — pure, so a dry run is exact;
 //! - [`sweep`]: batched, concurrent deletion;
 //! - [`report`]: the summary for people and schedulers;
-//! - [`restart`]: make the registry forget deleted blobs.
+//! - [`restart`]: make the registry forget deleted blobs;
+//! - [`quarantine`]: `--quarantine` moves instead of deleting; restore and purge.
 //!
 //! [`gc::Collection`] runs them in order.
 
@@ -22,6 +23,7 @@ pub mod lock;
 pub mod manifest;
 pub mod mark;
 pub mod plan;
+pub mod quarantine;
 pub mod remark;
 pub mod report;
 pub mod restart;

@@ -13,10 +13,13 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
-use cli::{Cli, Command, GcArgs, LogFormat, OutputFormat};
+use cli::{
+    Cli, Command, GcArgs, LockArgs, LogFormat, OutputFormat, PurgeArgs, RestoreArgs, StorageArgs,
+};
 use regsweep::config::{self, StorageConfig};
 use regsweep::gc::{Collection, GcOptions};
 use regsweep::lock::{LockOptions, RunLock};
+use regsweep::quarantine::{self, PurgeOptions, RestoreOptions};
 use regsweep::report::{Summary, error_chain};
 use regsweep::restart::{RestartOutcome, run_restart_command};
 use regsweep::run_id::RunId;
@@ -36,6 +39,8 @@ fn main() -> ExitCode {
         .expect("tokio runtime");
     let result = match cli.command {
         Command::Gc(args) => runtime.block_on(gc(args, cli.quiet)),
+        Command::Restore(args) => runtime.block_on(restore(args, cli.quiet)),
+        Command::Purge(args) => runtime.block_on(purge(args, cli.quiet)),
     };
     match result {
         Ok(code) => code,
@@ -66,7 +71,14 @@ fn init_logging(format: LogFormat, quiet: bool) {
 }
 
 fn storage_config(args: &GcArgs) -> Result<StorageConfig> {
-    Ok(match (&args.config, &args.storage) {
+    location_config(&args.config, &args.storage)
+}
+
+fn location_config(
+    config: &Option<std::path::PathBuf>,
+    storage: &Option<String>,
+) -> Result<StorageConfig> {
+    Ok(match (config, storage) {
         (Some(path), _) => {
             // `vars()` panics on a non-UTF-8 variable; the registry's own variables are UTF-8.
             let env = std::env::vars_os().filter_map(|(key, value)| {
@@ -91,13 +103,7 @@ async fn gc(args: GcArgs, quiet: bool) -> Result<ExitCode> {
     let lock = if args.dry_run {
         None
     } else {
-        let options = LockOptions {
-            run: run.clone(),
-            command: "gc".to_owned(),
-            lease: args.lock_lease,
-            force: args.force,
-        };
-        Some(RunLock::acquire(Arc::clone(&storage), options).await?)
+        Some(take_lock(&storage, &run, "gc", &args.lock).await?)
     };
     let halt = lock
         .as_ref()
@@ -114,16 +120,14 @@ async fn gc(args: GcArgs, quiet: bool) -> Result<ExitCode> {
             outcome.command,
             outcome.status
         )),
-        _ => collect(&args, storage, Arc::clone(&halt), quiet).await,
+        _ => collect(&args, &run, storage, Arc::clone(&halt), quiet).await,
     };
     // Whatever happened once the pre-command started, the post-command undoes it.
     let post = match &args.post_command {
         Some(command) if hooks => Some(run_hook("post-command", command).await),
         _ => None,
     };
-    if let Some(lock) = lock {
-        lock.release().await;
-    }
+    release(lock).await;
     let mut summary = collected?;
     if halt.load(Ordering::SeqCst)
         && !summary
@@ -186,6 +190,7 @@ async fn gc(args: GcArgs, quiet: bool) -> Result<ExitCode> {
 /// Scans, marks, plans, writes the plan where asked, and sweeps (unless this is a dry run).
 async fn collect(
     args: &GcArgs,
+    run: &RunId,
     storage: Arc<dyn Storage>,
     halt: Arc<AtomicBool>,
     quiet: bool,
@@ -197,6 +202,7 @@ async fn collect(
         upload_max_age: args.upload_max_age,
         concurrency: usize::from(args.concurrency),
         pause_before_sweep: std::env::var_os(PAUSE_BEFORE_SWEEP_ENV).map(PathBuf::from),
+        quarantine: args.quarantine.then(|| run.clone()),
     };
     let collection = Collection::prepare(storage, options).await?;
 
@@ -217,6 +223,41 @@ async fn collect(
         }
     }
     Ok(collection.run(halt).await)
+}
+
+async fn take_lock(
+    storage: &Arc<dyn Storage>,
+    run: &RunId,
+    command: &str,
+    args: &LockArgs,
+) -> Result<RunLock> {
+    let options = LockOptions {
+        run: run.clone(),
+        command: command.to_owned(),
+        lease: args.lock_lease,
+        force: args.force,
+    };
+    Ok(RunLock::acquire(Arc::clone(storage), options).await?)
+}
+
+/// The run lock for a command that changes the storage; none for a dry run.
+async fn locked(
+    storage: &Arc<dyn Storage>,
+    command: &str,
+    dry_run: bool,
+    args: &LockArgs,
+) -> Result<Option<RunLock>> {
+    if dry_run {
+        return Ok(None);
+    }
+    let run = RunId::new(SystemTime::now());
+    Ok(Some(take_lock(storage, &run, command, args).await?))
+}
+
+async fn release(lock: Option<RunLock>) {
+    if let Some(lock) = lock {
+        lock.release().await;
+    }
 }
 
 async fn run_hook(name: &str, command: &str) -> RestartOutcome {
@@ -249,4 +290,69 @@ fn write_plan(collection: &Collection, path: &std::path::Path) -> Result<()> {
     }
     out.flush()?;
     Ok(())
+}
+
+/// Opens the storage `restore` and `purge` work on.
+fn open_location(
+    location: &StorageArgs,
+    counter: &RequestCounter,
+) -> Result<std::sync::Arc<dyn storage::Storage>> {
+    let config = location_config(&location.config, &location.storage)?;
+    storage::open(&config, counter).context("cannot open the registry's storage")
+}
+
+/// Prints a summary as `format` asks; exit status 1 if it counts errors.
+fn finish<T: serde::Serialize + std::fmt::Display>(
+    summary: &T,
+    errors: u64,
+    format: OutputFormat,
+    quiet: bool,
+) -> Result<ExitCode> {
+    match format {
+        OutputFormat::Json => {
+            serde_json::to_writer(std::io::stdout().lock(), summary)?;
+            println!();
+        }
+        OutputFormat::Text if !quiet || errors > 0 => println!("{summary}"),
+        OutputFormat::Text => {}
+    }
+    Ok(if errors == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+async fn restore(args: RestoreArgs, quiet: bool) -> Result<ExitCode> {
+    let counter = RequestCounter::default();
+    let storage = open_location(&args.location, &counter)?;
+    let options = RestoreOptions {
+        run: args.run,
+        dry_run: args.dry_run,
+        concurrency: usize::from(args.concurrency),
+    };
+    let lock = locked(&storage, "restore", args.dry_run, &args.lock).await?;
+    let restored = quarantine::restore(Arc::clone(&storage), options).await;
+    release(lock).await;
+    let mut summary = restored?;
+    summary.requests = counter.snapshot();
+    finish(&summary, summary.errors, args.format, quiet)
+}
+
+async fn purge(args: PurgeArgs, quiet: bool) -> Result<ExitCode> {
+    let counter = RequestCounter::default();
+    let storage = open_location(&args.location, &counter)?;
+    let options = PurgeOptions {
+        older_than: args.older_than,
+        run: args.run,
+        dry_run: args.dry_run,
+        concurrency: usize::from(args.concurrency),
+        now: std::time::SystemTime::now(),
+    };
+    let lock = locked(&storage, "purge", args.dry_run, &args.lock).await?;
+    let purged = quarantine::purge(Arc::clone(&storage), options).await;
+    release(lock).await;
+    let mut summary = purged?;
+    summary.requests = counter.snapshot();
+    finish(&summary, summary.errors, args.format, quiet)
 }

@@ -7,6 +7,7 @@ use std::fmt;
 use serde::Serialize;
 
 use crate::plan::{Deletion, Kind, SweepPlan};
+use crate::quarantine::QuarantineSummary;
 use crate::restart::RestartOutcome;
 use crate::scan::Inventory;
 use crate::storage::requests::Requests;
@@ -56,6 +57,9 @@ pub struct Summary {
     /// The run, as the lock and logs name it (absent in dry runs, which take no lock).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub run: Option<String>,
+    /// With `--quarantine`: where what was removed went (`run`, `prefix`, `objects`, `bytes`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quarantine: Option<QuarantineSummary>,
     /// Requests sent to the storage, by kind (on a filesystem: directory reads, file reads,
     /// unlinks).
     pub requests: Requests,
@@ -191,6 +195,9 @@ impl fmt::Display for Summary {
             human_bytes(self.upload_bytes_deleted),
             self.directories_deleted
         )?;
+        if let Some(quarantine) = &self.quarantine {
+            writeln!(f, "{quarantine}")?;
+        }
         if self.unknown_objects > 0 {
             writeln!(f, "kept {} unrecognised objects", self.unknown_objects)?;
         }

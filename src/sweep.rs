@@ -5,6 +5,9 @@
 //! deleted either, so no failure leaves a link to a missing blob. After each batch, the directories
 //! the batch emptied are removed (on backends that have directories); whichever batch deletes the
 //! last object of a directory removes it, so none is left behind.
+//!
+//! With a [`Quarantine`], objects are moved into it instead of deleted (directory keys are still
+//! deleted, multipart uploads still aborted), with the same order, batches and rules.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -15,6 +18,7 @@ use futures::{StreamExt, stream};
 use crate::digest::Digest;
 use crate::layout::{self, RepositoryObject};
 use crate::plan::{Deletion, Kind, Phase, SweepPlan, Target};
+use crate::quarantine::Quarantine;
 use crate::scan::BlobUniverse;
 use crate::storage::Storage;
 
@@ -35,6 +39,7 @@ pub async fn sweep(
     universe: &BlobUniverse,
     concurrency: usize,
     halt: &AtomicBool,
+    quarantine: Option<&Quarantine>,
 ) -> SweepOutcome {
     let mut outcome = SweepOutcome {
         done: vec![false; plan.deletions.len()],
@@ -65,7 +70,7 @@ pub async fn sweep(
                     ..BatchResult::default()
                 }
             } else {
-                delete_batch(storage, chunk, &plan.deletions, universe).await
+                delete_batch(storage, chunk, &plan.deletions, universe, quarantine).await
             }
         }))
         .buffer_unordered(concurrency.max(1));
@@ -126,6 +131,7 @@ async fn delete_batch(
     chunk: &[usize],
     deletions: &[Deletion],
     universe: &BlobUniverse,
+    quarantine: Option<&Quarantine>,
 ) -> BatchResult {
     let mut owners = Vec::new();
     let mut keys = Vec::new();
@@ -144,7 +150,10 @@ async fn delete_batch(
             keys.push(key);
         }
     }
-    let results = storage.delete(keys.clone()).await;
+    let (results, verb) = match quarantine {
+        Some(quarantine) => (quarantine.remove(keys.clone()).await, "quarantine"),
+        None => (storage.delete(keys.clone()).await, "delete"),
+    };
     let mut failures: Vec<(usize, Option<String>)> = chunk
         .iter()
         .filter(|&&i| !matches!(deletions[i].target, Target::Multipart(_)))
@@ -157,7 +166,7 @@ async fn delete_batch(
             Err(e) => {
                 let slot = failures.iter_mut().find(|(i, _)| i == owner);
                 if let Some((_, failure @ None)) = slot {
-                    *failure = Some(format!("delete {e}"));
+                    *failure = Some(format!("{verb} {e}"));
                 }
             }
         }

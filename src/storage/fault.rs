@@ -86,7 +86,7 @@ impl Storage for HangAfterDeletes {
         self.inner.put(key, content, condition)
     }
 
-    fn rename(&self, from: &str, to: &str) -> BoxFuture<'_, Result<(), StorageError>> {
+    fn rename(&self, from: &str, to: &str) -> BoxFuture<'_, Result<u64, StorageError>> {
         let (from, to) = (from.to_owned(), to.to_owned());
         Box::pin(async move {
             if self.grant(1) == 0 {

@@ -276,7 +276,7 @@ fn put_file(
     Ok(content_version(content))
 }
 
-fn rename_file(root: &Path, from: &str, to: &str) -> Result<(), StorageError> {
+fn rename_file(root: &Path, from: &str, to: &str) -> Result<u64, StorageError> {
     let source = root.join(from);
     let meta = fs::symlink_metadata(&source).map_err(|e| io_error(from, e))?;
     if meta.file_type().is_symlink() {
@@ -288,7 +288,8 @@ fn rename_file(root: &Path, from: &str, to: &str) -> Result<(), StorageError> {
     if let Some(parent) = target.parent() {
         fs::create_dir_all(parent).map_err(|e| io_error(to, e))?;
     }
-    fs::rename(&source, &target).map_err(|e| io_error(from, e))
+    fs::rename(&source, &target).map_err(|e| io_error(from, e))?;
+    Ok(meta.len())
 }
 
 impl Storage for LocalStorage {
@@ -359,7 +360,7 @@ impl Storage for LocalStorage {
         }))
     }
 
-    fn rename(&self, from: &str, to: &str) -> BoxFuture<'_, Result<(), StorageError>> {
+    fn rename(&self, from: &str, to: &str) -> BoxFuture<'_, Result<u64, StorageError>> {
         let root = Arc::clone(&self.root);
         let (from, to) = (from.to_owned(), to.to_owned());
         self.counter.add(RequestKind::Other, 1);
@@ -506,7 +507,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         write(dir.path(), "a/file", "1");
         let storage = LocalStorage::open(dir.path(), &RequestCounter::default()).unwrap();
-        storage.rename("a/file", "q/run/a/file").await.unwrap();
+        assert_eq!(storage.rename("a/file", "q/run/a/file").await.unwrap(), 1);
         assert!(!dir.path().join("a/file").exists());
         assert_eq!(fs::read(dir.path().join("q/run/a/file")).unwrap(), b"1");
         std::os::unix::fs::symlink("/etc/hostname", dir.path().join("a/link")).unwrap();

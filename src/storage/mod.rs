@@ -146,8 +146,8 @@ pub trait Storage: fmt::Debug + fmt::Display + Send + Sync + 'static {
 
     /// Moves one object to another key of the same storage, without downloading it (a rename on
     /// filesystems, a server-side copy then delete on object stores). The copy is complete before
-    /// the original goes; whatever is stored under `to` is replaced.
-    fn rename(&self, from: &str, to: &str) -> BoxFuture<'_, Result<(), StorageError>>;
+    /// the original goes; whatever is stored under `to` is replaced. Returns the object's size.
+    fn rename(&self, from: &str, to: &str) -> BoxFuture<'_, Result<u64, StorageError>>;
 
     /// Deletes `keys`, one result per key in the same order. A key that is already gone counts as
     /// deleted. A key ending in `/` removes that directory only if it is (still) empty.

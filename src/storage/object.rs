@@ -410,7 +410,7 @@ impl Storage for ObjectStorage {
         })
     }
 
-    fn rename(&self, from: &str, to: &str) -> BoxFuture<'_, Result<(), StorageError>> {
+    fn rename(&self, from: &str, to: &str) -> BoxFuture<'_, Result<u64, StorageError>> {
         let (from, to) = (from.to_owned(), to.to_owned());
         Box::pin(async move {
             let (source, target) = (self.path(&from)?, self.path(&to)?);
@@ -438,7 +438,8 @@ impl Storage for ObjectStorage {
             self.store
                 .delete(&source)
                 .await
-                .map_err(|e| error(&from, e))
+                .map_err(|e| error(&from, e))?;
+            Ok(original.size)
         })
     }
 
@@ -835,10 +836,11 @@ mod tests {
                 .await,
             Err(StorageError::PreconditionFailed { .. })
         ));
-        storage
+        let moved = storage
             .rename("docker/a", "_regsweep/q/docker/a")
             .await
             .unwrap();
+        assert_eq!(moved, 1);
         assert!(matches!(
             storage.get("docker/a").await,
             Err(StorageError::NotFound { .. })
