@@ -426,3 +426,69 @@ fn pre_and_post_commands_wrap_the_run_and_a_failed_pre_command_stops_it() {
     f.registry.restart();
     verify_pulls(&f.client, &f.model).assert_ok("pull every tag");
 }
+
+/// The files (not directories) of a snapshot: a restore does not bring back empty directories.
+fn files(root: &Path) -> Vec<(String, support::storage::Node)> {
+    tree_snapshot(root)
+        .into_iter()
+        .filter(|(_, node)| matches!(node, support::storage::Node::File { .. }))
+        .collect()
+}
+
+#[test]
+fn a_quarantine_killed_mid_way_keeps_every_tag_pullable_and_restores_exactly() {
+    let mut f = Fixture::build();
+    f.registry.stop();
+    let storage = f.registry.storage_root();
+    let pristine = f.dir().join("pristine");
+    copy_tree(&storage, &pristine);
+    let original = files(&storage);
+    let config = config(&f);
+    let plan = f.dir().join("plan.jsonl");
+    let plan_text = plan.to_string_lossy().into_owned();
+    regsweep(&[
+        "gc",
+        &config,
+        "-m",
+        "--min-age",
+        "0s",
+        "--dry-run",
+        "--plan-file",
+        &plan_text,
+    ])
+    .assert_success();
+    let keys = read_plan(&plan).len() as u64;
+
+    for point in [1, keys / 3, keys * 2 / 3] {
+        copy_tree(&pristine, &storage);
+        let hang = point.to_string();
+        let mut run = Background::start(
+            bin(),
+            &["gc", &config, "-m", "--min-age", "0s", "--quarantine"],
+            &[(HANG_ENV, &hang)],
+        );
+        run.wait_for(HANG_MARKER, MARKER_TIMEOUT);
+        let killed = run.kill();
+        assert_ne!(
+            files(&storage),
+            original,
+            "nothing was moved before the kill"
+        );
+
+        f.registry.restart();
+        verify_pulls(&f.client, &f.model).assert_ok(&format!(
+            "pull every tag after a SIGKILL after {point} moves\n{}",
+            killed.describe()
+        ));
+        f.registry.stop();
+
+        // The restore (taking over the dead run's lock) works from what the quarantine holds.
+        let restore = regsweep(&["restore", &config, "--force", "--format", "json"]);
+        restore.assert_success();
+        assert_eq!(
+            files(&storage),
+            original,
+            "restore after a kill after {point} moves"
+        );
+    }
+}

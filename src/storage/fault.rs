@@ -23,6 +23,9 @@ pub const HANG_MARKER: &str = "regsweep-test: hanging";
 pub struct HangAfterDeletes {
     inner: Arc<dyn Storage>,
     remaining: AtomicU64,
+    /// Granted operations not finished yet: the hang is announced only once they are, so that a
+    /// kill on the announcement comes after exactly `N` deletions.
+    in_flight: AtomicU64,
     announced: AtomicBool,
 }
 
@@ -31,12 +34,15 @@ impl HangAfterDeletes {
         HangAfterDeletes {
             inner,
             remaining: AtomicU64::new(deletions),
+            in_flight: AtomicU64::new(0),
             announced: AtomicBool::new(false),
         }
     }
 
-    /// Takes up to `wanted` deletions from the budget; returns how many were granted.
+    /// Takes up to `wanted` deletions from the budget; returns how many were granted. The caller
+    /// calls [`Self::done`] once they are carried out.
     fn grant(&self, wanted: u64) -> u64 {
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
         let before = self
             .remaining
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |left| {
@@ -46,7 +52,16 @@ impl HangAfterDeletes {
         before.min(wanted)
     }
 
+    fn done(&self) {
+        self.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    /// Waits for the granted operations still running, says so once, and never returns.
     async fn hang<T>(&self) -> T {
+        self.done();
+        while self.in_flight.load(Ordering::SeqCst) > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
         if !self.announced.swap(true, Ordering::SeqCst) {
             eprintln!("{HANG_MARKER}");
         }
@@ -92,7 +107,9 @@ impl Storage for HangAfterDeletes {
             if self.grant(1) == 0 {
                 return self.hang().await;
             }
-            self.inner.rename(&from, &to).await
+            let result = self.inner.rename(&from, &to).await;
+            self.done();
+            result
         })
     }
 
@@ -105,7 +122,9 @@ impl Storage for HangAfterDeletes {
                 self.inner.delete(keys).await;
                 return self.hang().await;
             }
-            self.inner.delete(keys).await
+            let results = self.inner.delete(keys).await;
+            self.done();
+            results
         })
     }
 
@@ -137,7 +156,9 @@ impl Storage for HangAfterDeletes {
             if self.grant(1) == 0 {
                 return self.hang().await;
             }
-            self.inner.abort_multipart_upload(&upload).await
+            let result = self.inner.abort_multipart_upload(&upload).await;
+            self.done();
+            result
         })
     }
 }
