@@ -8,12 +8,14 @@
 //! - [`scan`]: one concurrent listing into an [`scan::Inventory`];
 //! - [`manifest`] and [`mark`]: what is live, as a compact bitmap over the blobs;
 //! - [`plan`]: what goes, in a crash-safe order — pure, so a dry run is exact;
+//! - [`remark`]: just before the sweep, what pushes made live since the scan is spared;
 //! - [`sweep`]: batched, concurrent deletion;
 //! - [`report`]: the summary for people and schedulers;
 //! - [`restart`]: make the registry forget deleted blobs;
 //! - [`quarantine`]: `--quarantine` moves instead of deleting; restore and purge.
 //!
-//! [`gc::Collection`] runs them in order.
+//! [`gc::Collection`] runs them in order. Around a run: [`lock`], the run lock in the storage that
+//! keeps two runs from sweeping at once, and [`run_id`], the ID that names a run.
 
 pub mod config;
 pub mod digest;
