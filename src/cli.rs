@@ -1,9 +1,14 @@
 //! The command line: flags and their help. Kept apart from `main` so the help text reads as one page.
 
+use std::ffi::OsStr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use clap::builder::TypedValueParser;
+use clap::error::ErrorKind;
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use regsweep::restart::redis::RedisUrl;
+use regsweep::restart::webhook::WebhookUrl;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -33,7 +38,8 @@ pub enum Command {
     /// Collect garbage: mark what is live, then delete everything else.
     #[command(
         after_help = "Exit status: 0 when everything went well; 1 when the run was refused (nothing \
-            deleted) or some deletions or the restart command failed (see the summary); 2 for bad usage."
+            deleted) or some deletions, the Redis cache flush, the restart command or the restart URL failed (see \
+            the summary); 2 for bad usage."
     )]
     Gc(GcArgs),
 }
@@ -84,6 +90,18 @@ pub struct GcArgs {
     /// blob cache still believes deleted layers exist); its failure makes the exit status non-zero.
     #[arg(long, value_name = "CMD")]
     pub restart_command: Option<String>,
+
+    /// Before the restart command: delete the registry's Redis blob-descriptor cache entries for
+    /// what was deleted (storage.cache.blobdescriptor: redis), so that no restart is needed.
+    /// redis://[user:password@]host:port[/db]; its failure makes the exit status non-zero.
+    #[arg(long, value_name = "URL", value_parser = SecretUrl::<RedisUrl>(redis_url))]
+    pub redis_url: Option<RedisUrl>,
+
+    /// After the restart command: POST the JSON summary to this http(s) URL after a sweep that
+    /// deleted anything (userinfo becomes Basic authentication); an answer other than 2xx or no
+    /// answer within 30 s makes the exit status non-zero.
+    #[arg(long, value_name = "URL", value_parser = SecretUrl::<WebhookUrl>(webhook_url))]
+    pub restart_url: Option<WebhookUrl>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -96,6 +114,43 @@ pub enum OutputFormat {
 pub enum LogFormat {
     Text,
     Json,
+}
+
+fn redis_url(text: &str) -> Result<RedisUrl, String> {
+    RedisUrl::parse(text).map_err(|e| e.to_string())
+}
+
+fn webhook_url(text: &str) -> Result<WebhookUrl, String> {
+    WebhookUrl::parse(text).map_err(|e| e.to_string())
+}
+
+/// Parses a URL that may hold credentials: unlike clap's own parsers, its errors never repeat the
+/// value.
+#[derive(Clone)]
+struct SecretUrl<T>(fn(&str) -> Result<T, String>);
+
+impl<T: Clone + Send + Sync + 'static> TypedValueParser for SecretUrl<T> {
+    type Value = T;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &OsStr,
+    ) -> Result<T, clap::Error> {
+        let name = arg.map_or_else(|| "URL".to_owned(), ToString::to_string);
+        let invalid = |reason: String| {
+            clap::Error::raw(
+                ErrorKind::ValueValidation,
+                format!("invalid value for '{name}': {reason}\n"),
+            )
+            .with_cmd(cmd)
+        };
+        let text = value
+            .to_str()
+            .ok_or_else(|| invalid("not UTF-8".to_owned()))?;
+        (self.0)(text).map_err(invalid)
+    }
 }
 
 /// Durations as operators write them: `90s`, `1h`, `168h`, `1h30m`, `7d`.

@@ -14,6 +14,7 @@ use regsweep::config::{self, StorageConfig};
 use regsweep::gc::{Collection, GcOptions};
 use regsweep::report::error_chain;
 use regsweep::restart::run_restart_command;
+use regsweep::restart::{redis, webhook};
 use regsweep::storage::{self, requests::RequestCounter};
 
 fn main() -> ExitCode {
@@ -107,6 +108,17 @@ async fn gc(args: GcArgs, quiet: bool) -> Result<ExitCode> {
             + summary.uploads_deleted
             + summary.directories_deleted)
             > 0;
+    // The registry's caches forget, in this order: Redis, the restart command, the restart URL.
+    if let Some(url) = &args.redis_url
+        && !summary.deleted.is_empty()
+    {
+        tracing::info!(%url, "deleting the registry's Redis cache entries of what was deleted");
+        let outcome = redis::forget(url, &summary.deleted).await;
+        if !outcome.success {
+            summary.add_error(format!("Redis cache at {url}: {}", outcome.status));
+        }
+        summary.redis = Some(outcome);
+    }
     if let Some(command) = &args.restart_command
         && deleted_anything
     {
@@ -119,6 +131,17 @@ async fn gc(args: GcArgs, quiet: bool) -> Result<ExitCode> {
             ));
         }
         summary.restart = Some(outcome);
+    }
+    if let Some(url) = &args.restart_url
+        && deleted_anything
+    {
+        tracing::info!(%url, "calling the restart URL");
+        summary.requests = counter.snapshot();
+        let outcome = webhook::notify(url, serde_json::to_vec(&summary)?).await;
+        if !outcome.success {
+            summary.add_error(format!("restart URL {url} failed: {}", outcome.status));
+        }
+        summary.restart_url = Some(outcome);
     }
 
     summary.requests = counter.snapshot();
