@@ -444,11 +444,19 @@ fn a_failing_restart_url_is_an_error_and_exit_status_1() {
     );
 }
 
+/// The Redis database the registry caches in: not the default one, so that the flush must `SELECT`
+/// it (and `AUTH` first: the test Redis requires a password).
+const DB: u32 = 3;
+
 /// A registry caching blob descriptors in a real Redis.
 fn redis_scene() -> (RedisServer, Scene) {
     let dir = tempfile::tempdir().expect("temp dir");
     let redis = RedisServer::start(dir.path());
-    let scene = Scene::new(BlobCache::Redis { addr: redis.addr() });
+    let scene = Scene::new(BlobCache::Redis {
+        addr: redis.addr(),
+        password: support::redis::PASSWORD.to_owned(),
+        db: DB,
+    });
     // Keep the Redis directory alive as long as the scene's.
     std::fs::rename(dir.keep(), scene.dir().join("redis")).expect("move the Redis directory");
     (redis, scene)
@@ -459,9 +467,11 @@ fn without_the_redis_flush_a_redis_cached_registry_serves_collected_layers() {
     let (redis, scene) = redis_scene();
     scene.gc(&[]).assert_success();
     assert!(
-        redis.keys().contains(&"repository::gone::blobs".to_owned()),
+        redis
+            .keys(DB)
+            .contains(&"repository::gone::blobs".to_owned()),
         "{:?}",
-        redis.keys()
+        redis.keys(DB)
     );
     scene.assert_repush_is_broken();
 }
@@ -472,7 +482,7 @@ fn the_redis_flush_makes_the_registry_forget_without_a_restart() {
     let kept_blobs = scene.kept.blob_digests();
     let collected: Vec<String> = scene.doomed.iter().flat_map(Image::blob_digests).collect();
     // The registry cached every blob it received: globally and per repository.
-    let keys = redis.keys();
+    let keys = redis.keys(DB);
     for digest in kept_blobs.iter().chain(&collected) {
         assert!(keys.contains(&format!("blobs::{digest}")), "{keys:?}");
     }
@@ -485,12 +495,28 @@ fn the_redis_flush_makes_the_registry_forget_without_a_restart() {
     assert!(keys.contains(&"repository::gone::blobs".to_owned()));
 
     let pid = scene.pid();
-    let run = scene.gc(&["--redis-url", &redis.url()]);
+    assert_eq!(
+        redis.keys(0),
+        Vec::<String>::new(),
+        "the registry caches in {DB}"
+    );
+    let run = scene.gc(&["--redis-url", &redis.url(DB)]);
     run.assert_success();
     let summary = run.json();
     let outcome = &summary["redis"];
     assert_eq!(outcome["success"], true, "{}", run.describe());
-    assert_eq!(outcome["url"], redis.url());
+    assert_eq!(
+        outcome["url"],
+        format!("redis://***@{}/{DB}", redis.addr()),
+        "{}",
+        run.describe()
+    );
+    let password = support::redis::PASSWORD;
+    assert!(
+        !run.stdout.contains(password) && !run.stderr.contains(password),
+        "{}",
+        run.describe()
+    );
     // `blobs::` of the 8 collected blobs (deleting a manifest through the API leaves its key: the
     // registry's `Clear` removes `digest` but not `size`), the 3 + 3 per-repository hashes of the
     // configs and layers linked in `app` and `gone`, the set of `gone`.
@@ -502,7 +528,7 @@ fn the_redis_flush_makes_the_registry_forget_without_a_restart() {
     assert_eq!(field_u64(outcome, "members_removed", &run), 3, "{outcome}");
 
     // Exactly the collected entries are gone; the kept image's stay.
-    let keys = redis.keys();
+    let keys = redis.keys(DB);
     for digest in &collected {
         assert!(!keys.contains(&format!("blobs::{digest}")), "{keys:?}");
         assert!(
@@ -518,7 +544,7 @@ fn the_redis_flush_makes_the_registry_forget_without_a_restart() {
         );
     }
     assert!(!keys.contains(&"repository::gone::blobs".to_owned()));
-    let members = redis.members("repository::app::blobs");
+    let members = redis.members(DB, "repository::app::blobs");
     for digest in &kept_blobs {
         assert!(members.contains(digest), "{members:?}");
     }

@@ -178,41 +178,40 @@ fn repository_blob_key(name: &str, digest: &Digest) -> String {
     format!("repository::{name}::blobs::{digest}")
 }
 
-/// The commands that make the cache forget `deleted`.
-pub fn commands(deleted: &Deleted) -> Vec<Command> {
+/// The commands that make the cache forget `deleted`, made as they are sent (a large collection
+/// makes millions).
+pub fn commands(deleted: &Deleted) -> impl Iterator<Item = Command> + '_ {
     let del = |key| Command {
         name: "DEL",
         args: vec![key],
     };
-    let mut commands: Vec<Command> = deleted.blobs.iter().map(|d| del(blob_key(d))).collect();
-    let mut members: Vec<(&str, Vec<String>)> = Vec::new();
-    for (name, digest) in &deleted.links {
-        commands.push(del(repository_blob_key(name, digest)));
-        if deleted.repositories.contains(name) {
-            continue; // its whole set goes below
+    let blobs = deleted.blobs.iter().map(move |d| del(blob_key(d)));
+    let links = deleted
+        .links
+        .iter()
+        .map(move |(name, d)| del(repository_blob_key(name, d)));
+    // One SREM per repository (and per PIPELINE members), except for repositories whose whole
+    // set goes below.
+    let mut members = deleted
+        .links
+        .iter()
+        .filter(|(name, _)| !deleted.repositories.contains(name))
+        .peekable();
+    let sets = std::iter::from_fn(move || {
+        let (name, digest) = members.next()?;
+        let mut args = vec![repository_set_key(name), digest.to_string()];
+        while args.len() <= PIPELINE
+            && let Some((_, digest)) = members.next_if(|(next, _)| next == name)
+        {
+            args.push(digest.to_string());
         }
-        match members.last_mut() {
-            Some((last, digests)) if last == name && digests.len() < PIPELINE => {
-                digests.push(digest.to_string());
-            }
-            _ => members.push((name, vec![digest.to_string()])),
-        }
-    }
-    commands.extend(members.into_iter().map(|(name, digests)| {
-        Command {
-            name: "SREM",
-            args: std::iter::once(repository_set_key(name))
-                .chain(digests)
-                .collect(),
-        }
-    }));
-    commands.extend(
-        deleted
-            .repositories
-            .iter()
-            .map(|name| del(repository_set_key(name))),
-    );
-    commands
+        Some(Command { name: "SREM", args })
+    });
+    let repositories = deleted
+        .repositories
+        .iter()
+        .map(move |name| del(repository_set_key(name)));
+    blobs.chain(links).chain(sets).chain(repositories)
 }
 
 /// Deletes the cache entries of everything in `deleted`. Keeps going after a refused command, so
@@ -226,7 +225,7 @@ pub async fn forget(url: &RedisUrl, deleted: &Deleted) -> RedisOutcome {
         members_removed: 0,
         status: String::new(),
     };
-    match flush(url, &commands(deleted), &mut outcome).await {
+    match flush(url, commands(deleted), &mut outcome).await {
         Ok(()) => {
             outcome.success = true;
             outcome.status = "ok".to_owned();
@@ -238,7 +237,7 @@ pub async fn forget(url: &RedisUrl, deleted: &Deleted) -> RedisOutcome {
 
 async fn flush(
     url: &RedisUrl,
-    commands: &[Command],
+    mut commands: impl Iterator<Item = Command>,
     outcome: &mut RedisOutcome,
 ) -> Result<(), FlushError> {
     let stream = tokio::time::timeout(TIMEOUT, TcpStream::connect((url.host.as_str(), url.port)))
@@ -272,8 +271,12 @@ async fn flush(
     }
 
     let mut refused: Option<(usize, &'static str, String)> = None;
-    for chunk in commands.chunks(PIPELINE) {
-        for (command, reply) in chunk.iter().zip(connection.round_trip(chunk).await?) {
+    loop {
+        let chunk: Vec<Command> = commands.by_ref().take(PIPELINE).collect();
+        if chunk.is_empty() {
+            break;
+        }
+        for (command, reply) in chunk.iter().zip(connection.round_trip(&chunk).await?) {
             outcome.commands += 1;
             match reply {
                 Reply::Integer(n) => {
@@ -436,7 +439,6 @@ mod tests {
             repositories: ["lib/gone".to_owned()].into(),
         };
         let shown: Vec<String> = commands(&deleted)
-            .iter()
             .map(|c| format!("{} {}", c.name, c.args.join(" ")))
             .collect();
         let (d1, d2, d3) = (d(1), d(2), d(3));
@@ -451,6 +453,24 @@ mod tests {
                 "DEL repository::lib/gone::blobs".to_owned(),
             ]
         );
+    }
+
+    #[test]
+    fn large_sets_shrink_in_pipeline_sized_commands() {
+        let links = (0..=PIPELINE).map(|i| {
+            let mut bytes = [0; 32];
+            bytes[..8].copy_from_slice(&(i as u64).to_be_bytes());
+            ("app".to_owned(), Digest::from_bytes(bytes))
+        });
+        let deleted = Deleted {
+            links: links.collect(),
+            ..Deleted::default()
+        };
+        let members: Vec<usize> = commands(&deleted)
+            .filter(|c| c.name == "SREM")
+            .map(|c| c.args.len() - 1)
+            .collect();
+        assert_eq!(members, [PIPELINE, 1]);
     }
 
     #[test]

@@ -37,9 +37,11 @@ pub enum Storage {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BlobCache {
     InMemory,
-    /// `redis`, with `redis.addr` = `addr` (`127.0.0.1:<port>`).
+    /// `redis`, with `redis.addr` = `addr` (`127.0.0.1:<port>`), `redis.password` and `redis.db`.
     Redis {
         addr: String,
+        password: String,
+        db: u32,
     },
 }
 
@@ -198,9 +200,14 @@ impl Registry {
         };
         let (cache, redis) = match &self.cache {
             BlobCache::InMemory => ("inmemory", String::new()),
-            BlobCache::Redis { addr } => {
-                ("redis", format!("redis:\n  addr: {}\n", yaml_quote(addr)))
-            }
+            BlobCache::Redis { addr, password, db } => (
+                "redis",
+                format!(
+                    "redis:\n  addr: {}\n  password: {}\n  db: {db}\n",
+                    yaml_quote(addr),
+                    yaml_quote(password)
+                ),
+            ),
         };
         let config = format!(
             "version: 0.1\n\
