@@ -38,8 +38,8 @@ pub enum Command {
     /// Collect garbage: mark what is live, then delete everything else.
     #[command(
         after_help = "Exit status: 0 when everything went well; 1 when the run was refused (nothing \
-            deleted) or some deletions, the Redis cache flush, the restart command or the restart URL failed (see \
-            the summary); 2 for bad usage."
+            deleted) or some deletions, the Redis cache flush, the restart command or the restart \
+            URL failed (see the summary); 2 for bad usage."
     )]
     Gc(GcArgs),
 }

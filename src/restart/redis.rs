@@ -1,7 +1,7 @@
 //! Forget deleted blobs in the registry's Redis blob-descriptor cache
 //! (`storage.cache.blobdescriptor: redis`), so that the registry needs no restart.
 //!
-//! The registry (2.8 `registry/storage/cache/redis/redis.go`; 3.x keeps the names) stores:
+//! The registry (2.8 `registry/storage/cache/redis/redis.go`; later versions keep the names) stores:
 //!
 //! - `blobs::<digest>`: a hash, the global descriptor of a blob;
 //! - `repository::<name>::blobs`: a set, the digests linked in a repository (checked first by every
@@ -17,7 +17,8 @@
 //! crate: it needs four commands (`AUTH`, `SELECT`, `DEL`, `SREM`) whose replies are statuses,
 //! errors and integers, and the crate (even without default features) would add a parser
 //! combinator library, URL handling and connection management regsweep has no other use for.
-//! Redis over TLS (`rediss://`) is not supported; the registry 2.8 does not support it either.
+//! Redis over TLS (`rediss://`) is not supported (the registry 2.8 does not support it either), nor
+//! Redis Cluster redirections (`MOVED` answers count as refused commands).
 
 use std::fmt;
 use std::time::Duration;
