@@ -1,9 +1,14 @@
 //! The command line: flags and their help. Kept apart from `main` so the help text reads as one page.
 
+use std::ffi::OsStr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use clap::builder::TypedValueParser;
+use clap::error::ErrorKind;
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use regsweep::restart::redis::RedisUrl;
+use regsweep::restart::webhook::WebhookUrl;
 use regsweep::run_id::RunId;
 
 #[derive(Debug, Parser)]
@@ -34,9 +39,10 @@ pub enum Command {
     /// Collect garbage: mark what is live, then delete everything else.
     #[command(
         after_help = "Exit status: 0 when everything went well; 1 when the run was refused (nothing \
-            deleted) or some deletions or the restart command failed (see the summary); 2 for bad usage."
+            deleted) or some deletions, the Redis cache flush, the restart command or the restart \
+            URL failed (see the summary); 2 for bad usage."
     )]
-    Gc(GcArgs),
+    Gc(Box<GcArgs>),
     /// Put back every object a `gc --quarantine` run moved (default: the latest run).
     #[command(
         after_help = "Blobs go back first, then revision and layer links, then tags, so that an \
@@ -202,6 +208,17 @@ pub struct GcArgs {
     /// of deleting it (undo with `regsweep restore`, delete later with `regsweep purge`).
     #[arg(long)]
     pub quarantine: bool,
+    /// Before the restart command: delete the registry's Redis blob-descriptor cache entries for
+    /// what was deleted (storage.cache.blobdescriptor: redis), so that no restart is needed.
+    /// redis://[user:password@]host:port[/db]; its failure makes the exit status non-zero.
+    #[arg(long, value_name = "URL", value_parser = SecretUrl::<RedisUrl>(redis_url))]
+    pub redis_url: Option<RedisUrl>,
+
+    /// After the restart command: POST the JSON summary to this http(s) URL after a sweep that
+    /// deleted anything (userinfo becomes Basic authentication); an answer other than 2xx or no
+    /// answer within 30 s makes the exit status non-zero.
+    #[arg(long, value_name = "URL", value_parser = SecretUrl::<WebhookUrl>(webhook_url))]
+    pub restart_url: Option<WebhookUrl>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -219,6 +236,43 @@ pub enum LogFormat {
 /// A run ID as `gc --quarantine` printed it.
 fn parse_run_id(text: &str) -> Result<RunId, String> {
     RunId::parse(text).ok_or_else(|| "not a run ID (like 20261129T031522Z-3f9a1c)".to_owned())
+}
+
+fn redis_url(text: &str) -> Result<RedisUrl, String> {
+    RedisUrl::parse(text).map_err(|e| e.to_string())
+}
+
+fn webhook_url(text: &str) -> Result<WebhookUrl, String> {
+    WebhookUrl::parse(text).map_err(|e| e.to_string())
+}
+
+/// Parses a URL that may hold credentials: unlike clap's own parsers, its errors never repeat the
+/// value.
+#[derive(Clone)]
+struct SecretUrl<T>(fn(&str) -> Result<T, String>);
+
+impl<T: Clone + Send + Sync + 'static> TypedValueParser for SecretUrl<T> {
+    type Value = T;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &OsStr,
+    ) -> Result<T, clap::Error> {
+        let name = arg.map_or_else(|| "URL".to_owned(), ToString::to_string);
+        let invalid = |reason: String| {
+            clap::Error::raw(
+                ErrorKind::ValueValidation,
+                format!("invalid value for '{name}': {reason}\n"),
+            )
+            .with_cmd(cmd)
+        };
+        let text = value
+            .to_str()
+            .ok_or_else(|| invalid("not UTF-8".to_owned()))?;
+        (self.0)(text).map_err(invalid)
+    }
 }
 
 /// Durations as operators write them: `90s`, `1h`, `168h`, `1h30m`, `7d`.

@@ -12,12 +12,12 @@ use serde::Serialize;
 use thiserror::Error;
 use tracing::info;
 
-use crate::layout;
 use crate::mark::{self, ManifestCatalog, MarkError, MarkOptions, MarkSet};
 use crate::plan::{self, Kind, Phase, PlanOptions, SweepPlan};
 use crate::quarantine::Quarantine;
 use crate::remark;
 use crate::report::{Summary, error_chain};
+use crate::restart::Deleted;
 use crate::run_id::RunId;
 use crate::scan::{self, Inventory, ScanError};
 use crate::storage::Storage;
@@ -201,24 +201,9 @@ impl Collection {
             {
                 summary.count_deletion(deletion, deletion.keys(universe).len());
             }
+            summary.deleted = Deleted::of_sweep(&self.plan, &outcome.done, &self.inventory);
             // A repository any of whose deletions failed is still there.
-            let undone: Vec<String> = self
-                .plan
-                .deletions
-                .iter()
-                .zip(&outcome.done)
-                .filter(|(_, done)| !**done)
-                .flat_map(|(deletion, _)| deletion.keys(universe))
-                .collect();
-            summary.repositories_deleted = self
-                .plan
-                .repositories_deleted
-                .iter()
-                .filter(|name| {
-                    let prefix = layout::repository(name);
-                    !undone.iter().any(|key| key.starts_with(&prefix))
-                })
-                .count() as u64;
+            summary.repositories_deleted = summary.deleted.repositories.len() as u64;
             summary.directories_pruned = outcome.directories_removed;
             for error in outcome.errors {
                 summary.add_error(error);

@@ -21,7 +21,7 @@ use regsweep::gc::{Collection, GcOptions};
 use regsweep::lock::{LockOptions, RunLock};
 use regsweep::quarantine::{self, PurgeOptions, RestoreOptions};
 use regsweep::report::{Summary, error_chain};
-use regsweep::restart::{RestartOutcome, run_restart_command};
+use regsweep::restart::{RestartOutcome, redis, run_restart_command, webhook};
 use regsweep::run_id::RunId;
 use regsweep::scan;
 use regsweep::storage::fault::{HANG_AFTER_DELETES_ENV, HangAfterDeletes};
@@ -38,7 +38,7 @@ fn main() -> ExitCode {
         .build()
         .expect("tokio runtime");
     let result = match cli.command {
-        Command::Gc(args) => runtime.block_on(gc(args, cli.quiet)),
+        Command::Gc(args) => runtime.block_on(gc(*args, cli.quiet)),
         Command::Restore(args) => runtime.block_on(restore(args, cli.quiet)),
         Command::Purge(args) => runtime.block_on(purge(args, cli.quiet)),
     };
@@ -157,6 +157,17 @@ async fn gc(args: GcArgs, quiet: bool) -> Result<ExitCode> {
             + summary.uploads_deleted
             + summary.directories_deleted)
             > 0;
+    // The registry's caches forget, in this order: Redis, the restart command, the restart URL.
+    if let Some(url) = &args.redis_url
+        && !summary.deleted.is_empty()
+    {
+        tracing::info!(%url, "deleting the registry's Redis cache entries of what was deleted");
+        let outcome = redis::forget(url, &summary.deleted).await;
+        if !outcome.success {
+            summary.add_error(format!("Redis cache at {url}: {}", outcome.status));
+        }
+        summary.redis = Some(outcome);
+    }
     if let Some(command) = &args.restart_command
         && deleted_anything
     {
@@ -169,6 +180,17 @@ async fn gc(args: GcArgs, quiet: bool) -> Result<ExitCode> {
             ));
         }
         summary.restart = Some(outcome);
+    }
+    if let Some(url) = &args.restart_url
+        && deleted_anything
+    {
+        tracing::info!(%url, "calling the restart URL");
+        summary.requests = counter.snapshot();
+        let outcome = webhook::notify(url, serde_json::to_vec(&summary)?).await;
+        if !outcome.success {
+            summary.add_error(format!("restart URL {url} failed: {}", outcome.status));
+        }
+        summary.restart_url = Some(outcome);
     }
 
     summary.requests = counter.snapshot();

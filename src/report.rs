@@ -8,7 +8,9 @@ use serde::Serialize;
 
 use crate::plan::{Deletion, Kind, SweepPlan};
 use crate::quarantine::QuarantineSummary;
-use crate::restart::RestartOutcome;
+use crate::restart::redis::RedisOutcome;
+use crate::restart::webhook::WebhookOutcome;
+use crate::restart::{Deleted, RestartOutcome};
 use crate::scan::Inventory;
 use crate::storage::requests::Requests;
 
@@ -60,10 +62,19 @@ pub struct Summary {
     /// With `--quarantine`: where what was removed went (`run`, `prefix`, `objects`, `bytes`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub quarantine: Option<QuarantineSummary>,
+    /// When `--redis-url` flushed the registry's Redis cache (before the restart command).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redis: Option<RedisOutcome>,
+    /// When `--restart-url` was called (after the restart command).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub restart_url: Option<WebhookOutcome>,
     /// Requests sent to the storage, by kind (on a filesystem: directory reads, file reads,
     /// unlinks).
     pub requests: Requests,
     pub duration_seconds: f64,
+    /// What the sweep deleted, for the registry's caches to forget. Not part of the JSON.
+    #[serde(skip)]
+    pub deleted: Deleted,
 }
 
 impl Summary {
@@ -207,8 +218,18 @@ impl fmt::Display for Summary {
         for error in &self.error_messages {
             writeln!(f, "error: {error}")?;
         }
+        if let Some(redis) = &self.redis {
+            writeln!(
+                f,
+                "redis cache {}: {}, {} keys deleted, {} set members removed",
+                redis.url, redis.status, redis.keys_deleted, redis.members_removed
+            )?;
+        }
         if let Some(restart) = &self.restart {
             writeln!(f, "restart command: {}", restart.status)?;
+        }
+        if let Some(webhook) = &self.restart_url {
+            writeln!(f, "restart URL {}: {}", webhook.url, webhook.status)?;
         }
         let r = &self.requests;
         write!(

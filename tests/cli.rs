@@ -350,3 +350,30 @@ fn an_unreachable_object_store_is_a_clear_error() {
         assert!(stderr.contains(needle), "{needle}: {stderr}");
     }
 }
+
+#[test]
+fn malformed_forget_urls_are_usage_errors_that_never_show_credentials() {
+    let help = text(&regsweep(&["gc", "--help"]).stdout);
+    for option in ["--redis-url", "--restart-url"] {
+        assert!(help.contains(option), "gc --help lacks {option}");
+    }
+    for (option, url, reason) in [
+        ("--redis-url", "redis://u:s3cret@cache:port", "invalid port"),
+        ("--redis-url", "rediss://:s3cret@cache:6380", "TLS"),
+        ("--restart-url", "ftp://u:s3cret@hooks/restart", "http://"),
+        (
+            "--restart-url",
+            "https://u:s3cret@[hooks/restart",
+            "not a URL",
+        ),
+    ] {
+        let out = regsweep(&["gc", "--storage", "/x", option, url]);
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{option} {url}: {stderr}");
+        assert!(
+            stderr.contains(option) && stderr.contains(reason),
+            "{option} {url}: {stderr}"
+        );
+        assert!(!stderr.contains("s3cret"), "{option} {url}: {stderr}");
+    }
+}

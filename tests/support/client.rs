@@ -245,6 +245,43 @@ impl Client {
         self.get(&format!("/v2/{repo}/blobs/{digest}"))
     }
 
+    /// `HEAD /v2/<repo>/blobs/<digest>`: the status, as a client asks before uploading a layer
+    /// (200: the registry says it has it, and the client skips the upload).
+    pub fn blob_status(&self, repo: &str, digest: &str) -> u16 {
+        let url = self.url(&format!("/v2/{repo}/blobs/{digest}"));
+        let response = self
+            .agent
+            .head(&url)
+            .call()
+            .unwrap_or_else(|e| panic!("HEAD {url}: {e}"));
+        response.status().as_u16()
+    }
+
+    /// `GET /v2/<repo>/blobs/<digest>`, the body read to its end: `Err` when the status is not 200
+    /// or the body cannot be read whole (a registry serving a deleted blob from its cache sends
+    /// the headers of the blob and no content).
+    pub fn fetch_blob(&self, repo: &str, digest: &str) -> Result<Vec<u8>, String> {
+        let url = self.url(&format!("/v2/{repo}/blobs/{digest}"));
+        let mut response = self
+            .agent
+            .get(&url)
+            .call()
+            .map_err(|e| format!("GET {url}: {e}"))?;
+        let status = response.status().as_u16();
+        let body = response
+            .body_mut()
+            .read_to_vec()
+            .map_err(|e| format!("GET {url}: HTTP {status}, reading the body: {e}"))?;
+        if status == 200 {
+            Ok(body)
+        } else {
+            Err(format!(
+                "GET {url}: HTTP {status} {}",
+                String::from_utf8_lossy(&body).trim()
+            ))
+        }
+    }
+
     /// `GET /v2/<repo>/tags/list`: status and tags (empty unless 200).
     pub fn tags(&self, repo: &str) -> (u16, Vec<String>) {
         let path = format!("/v2/{repo}/tags/list");

@@ -3,7 +3,8 @@
 //! its API, a deterministic workload with a ground-truth model of what must survive a garbage
 //! collection, storage inspection helpers, and a runner for the `regsweep` binary. For object
 //! storage: an S3 server (`moto_server`, [`s3`]) the registry can run on, and an Azure Blob
-//! emulator (Azurite, [`azurite`]), both installed by `scripts/install-deps`.
+//! emulator (Azurite, [`azurite`]), both installed by `scripts/install-deps`; and a Redis server
+//! ([`redis`]) for registries that cache blob descriptors in it.
 //!
 //! Consumers declare it `pub mod support;` (tests) or
 //! `#[path = "../tests/support/mod.rs"] pub mod support;` (examples). The `pub` matters: each
@@ -18,6 +19,7 @@ pub mod content;
 pub mod fault_proxy;
 pub mod model;
 pub mod objects;
+pub mod redis;
 pub mod registry;
 pub mod run;
 pub mod s3;

@@ -5,6 +5,7 @@
 use std::collections::BTreeSet;
 use std::fs::{self, OpenOptions};
 use std::net::TcpListener;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::thread::sleep;
@@ -32,6 +33,18 @@ pub enum Storage {
     S3 { endpoint: String, bucket: String },
 }
 
+/// The registry's blob descriptor cache (`storage.cache.blobdescriptor`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BlobCache {
+    InMemory,
+    /// `redis`, with `redis.addr` = `addr` (`127.0.0.1:<port>`), `redis.password` and `redis.db`.
+    Redis {
+        addr: String,
+        password: String,
+        db: u32,
+    },
+}
+
 /// A registry on `127.0.0.1:<port>`, configured by `dir/config.yml`, serving `dir/storage` or an
 /// S3 bucket. Dropping it kills the process.
 #[derive(Debug)]
@@ -40,6 +53,10 @@ pub struct Registry {
     bin: PathBuf,
     port: u16,
     storage: Storage,
+    cache: BlobCache,
+    /// Run under a shell loop that starts it again whenever it exits (see
+    /// [`Registry::start_supervised`]); `child` is then the shell, leader of its process group.
+    supervised: bool,
     child: Option<Child>,
 }
 
@@ -121,7 +138,19 @@ impl Registry {
         )
     }
 
+    /// A filesystem registry with `cache`, run under a supervisor (`sh -c 'while :; do
+    /// docker-registry serve …; done'`, the registry's pid in [`Registry::pid_file`]) that starts it
+    /// again whenever it exits, like systemd or Kubernetes would: [`Registry::restart_command`]
+    /// restarts it from any process, and [`Registry::wait_until_restarted`] waits for that.
+    pub fn start_supervised(dir: &Path, cache: BlobCache) -> Registry {
+        Registry::start_full(dir, Storage::Filesystem, cache, true)
+    }
+
     fn start_with(dir: &Path, storage: Storage) -> Registry {
+        Registry::start_full(dir, storage, BlobCache::InMemory, false)
+    }
+
+    fn start_full(dir: &Path, storage: Storage, cache: BlobCache, supervised: bool) -> Registry {
         fs::create_dir_all(dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
         let dir = dir
             .canonicalize()
@@ -131,6 +160,8 @@ impl Registry {
             dir,
             port: 0,
             storage,
+            cache,
+            supervised,
             child: None,
         };
         if registry.storage == Storage::Filesystem {
@@ -167,12 +198,23 @@ impl Registry {
                 root = yaml_quote(S3_ROOT_DIRECTORY),
             ),
         };
+        let (cache, redis) = match &self.cache {
+            BlobCache::InMemory => ("inmemory", String::new()),
+            BlobCache::Redis { addr, password, db } => (
+                "redis",
+                format!(
+                    "redis:\n  addr: {}\n  password: {}\n  db: {db}\n",
+                    yaml_quote(addr),
+                    yaml_quote(password)
+                ),
+            ),
+        };
         let config = format!(
             "version: 0.1\n\
              log:\n  level: warn\n  formatter: text\n\
              storage:\n{driver}  delete:\n    enabled: true\n  \
-             cache:\n    blobdescriptor: inmemory\n  maintenance:\n    uploadpurging:\n      enabled: false\n\
-             http:\n  addr: 127.0.0.1:{port}\n  secret: regsweep-test-secret\n",
+             cache:\n    blobdescriptor: {cache}\n  maintenance:\n    uploadpurging:\n      enabled: false\n\
+             http:\n  addr: 127.0.0.1:{port}\n  secret: regsweep-test-secret\n{redis}",
             port = self.port,
         );
         fs::write(self.config_path(), config).expect("write config.yml");
@@ -185,13 +227,24 @@ impl Registry {
             .open(self.log_path())
             .expect("open registry.log");
         let log_err = log.try_clone().expect("clone the log handle");
-        let mut command = Command::new(&self.bin);
-        command
-            .arg("serve")
-            .arg(self.config_path())
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(log_err);
+        let mut command = if self.supervised {
+            let _ = fs::remove_file(self.pid_file());
+            let mut shell = Command::new("sh");
+            shell
+                .arg("-c")
+                .arg(r#"while :; do "$0" serve "$1" & echo $! > "$2"; wait $!; sleep 0.1; done"#)
+                .arg(&self.bin)
+                .arg(self.config_path())
+                .arg(self.pid_file())
+                // Its own process group, so that stopping it stops the registry too.
+                .process_group(0);
+            shell
+        } else {
+            let mut registry = Command::new(&self.bin);
+            registry.arg("serve").arg(self.config_path());
+            registry
+        };
+        command.stdin(Stdio::null()).stdout(log).stderr(log_err);
         scrub_environment(&mut command);
         let child = command
             .spawn()
@@ -231,8 +284,59 @@ impl Registry {
 
     fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
+            if self.supervised {
+                // The shell and the registry it runs: the process group the shell leads.
+                let _ = Command::new("sh")
+                    .arg("-c")
+                    .arg(format!("kill -9 -{}", child.id()))
+                    .status();
+            }
             let _ = child.kill();
             let _ = child.wait();
+        }
+    }
+
+    /// Where a supervised registry's pid is (rewritten at each start).
+    pub fn pid_file(&self) -> PathBuf {
+        self.dir.join("registry.pid")
+    }
+
+    /// The pid of the registry process a supervisor runs now.
+    pub fn registry_pid(&self) -> Option<u32> {
+        fs::read_to_string(self.pid_file())
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
+    /// A shell command that restarts a supervised registry (kills it; the supervisor starts it
+    /// again, on the same port and storage, with an empty in-memory cache).
+    pub fn restart_command(&self) -> String {
+        assert!(
+            self.supervised,
+            "restart_command() of an unsupervised registry"
+        );
+        format!("kill -KILL \"$(cat '{}')\"", self.pid_file().display())
+    }
+
+    /// Waits until a supervised registry runs another process than `old_pid` and answers
+    /// `GET /v2/` with 200; panics with the log tail after 20 s.
+    pub fn wait_until_restarted(&self, old_pid: u32) {
+        let client = Client::with_timeout(&self.url(), Duration::from_secs(2));
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            let pid = self.registry_pid();
+            if pid.is_some_and(|pid| pid != old_pid) && client.ping() == Some(200) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the registry (pid {old_pid}) was not restarted within {READY_TIMEOUT:?} (pid now \
+                 {pid:?}); log tail:\n{}",
+                self.log_tail(40)
+            );
+            sleep(Duration::from_millis(50));
         }
     }
 
