@@ -21,7 +21,7 @@ use regsweep::gc::{Collection, GcOptions};
 use regsweep::lock::{LockOptions, RunLock};
 use regsweep::quarantine::{self, PurgeOptions, RestoreOptions};
 use regsweep::report::{Summary, error_chain};
-use regsweep::restart::{RestartOutcome, redis, run_restart_command, webhook};
+use regsweep::restart::{CommandOutcome, Forget, run_command};
 use regsweep::run_id::RunId;
 use regsweep::scan;
 use regsweep::storage::fault::{HANG_AFTER_DELETES_ENV, HangAfterDeletes};
@@ -149,49 +149,12 @@ async fn gc(args: GcArgs, quiet: bool) -> Result<ExitCode> {
     }
     summary.post_command = post;
 
-    let deleted_anything = !summary.dry_run
-        && (summary.blobs_deleted
-            + summary.manifests_deleted
-            + summary.links_deleted
-            + summary.tags_deleted
-            + summary.uploads_deleted
-            + summary.directories_deleted)
-            > 0;
-    // The registry's caches forget, in this order: Redis, the restart command, the restart URL.
-    if let Some(url) = &args.redis_url
-        && !summary.deleted.is_empty()
-    {
-        tracing::info!(%url, "deleting the registry's Redis cache entries of what was deleted");
-        let outcome = redis::forget(url, &summary.deleted).await;
-        if !outcome.success {
-            summary.add_error(format!("Redis cache at {url}: {}", outcome.status));
-        }
-        summary.redis = Some(outcome);
-    }
-    if let Some(command) = &args.restart_command
-        && deleted_anything
-    {
-        tracing::info!(command, "running the restart command");
-        let outcome = run_restart_command(command).await;
-        if !outcome.success {
-            summary.add_error(format!(
-                "restart command `{command}` failed: {}",
-                outcome.status
-            ));
-        }
-        summary.restart = Some(outcome);
-    }
-    if let Some(url) = &args.restart_url
-        && deleted_anything
-    {
-        tracing::info!(%url, "calling the restart URL");
-        summary.requests = counter.snapshot();
-        let outcome = webhook::notify(url, serde_json::to_vec(&summary)?).await;
-        if !outcome.success {
-            summary.add_error(format!("restart URL {url} failed: {}", outcome.status));
-        }
-        summary.restart_url = Some(outcome);
-    }
+    let forget = Forget {
+        redis_url: args.redis_url.clone(),
+        command: args.restart_command.clone(),
+        url: args.restart_url.clone(),
+    };
+    forget.run(&mut summary, &counter).await;
 
     summary.requests = counter.snapshot();
     match args.format {
@@ -282,9 +245,9 @@ async fn release(lock: Option<RunLock>) {
     }
 }
 
-async fn run_hook(name: &str, command: &str) -> RestartOutcome {
+async fn run_hook(name: &str, command: &str) -> CommandOutcome {
     tracing::info!(command, "running the {name}");
-    let outcome = run_restart_command(command).await;
+    let outcome = run_command(command).await;
     if !outcome.success {
         tracing::error!(command, status = outcome.status, "the {name} failed");
     }

@@ -10,7 +10,7 @@ use crate::plan::{Deletion, Kind, SweepPlan};
 use crate::quarantine::QuarantineSummary;
 use crate::restart::redis::RedisOutcome;
 use crate::restart::webhook::WebhookOutcome;
-use crate::restart::{Deleted, RestartOutcome};
+use crate::restart::{CommandOutcome, Deleted};
 use crate::scan::Inventory;
 use crate::storage::requests::Requests;
 
@@ -50,12 +50,12 @@ pub struct Summary {
     pub error_messages: Vec<String>,
     pub warnings: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub restart: Option<RestartOutcome>,
+    pub restart: Option<CommandOutcome>,
     /// How `--pre-command` and `--post-command` ended, when given.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub pre_command: Option<RestartOutcome>,
+    pub pre_command: Option<CommandOutcome>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub post_command: Option<RestartOutcome>,
+    pub post_command: Option<CommandOutcome>,
     /// The run, as the lock and logs name it (absent in dry runs, which take no lock).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub run: Option<String>,
@@ -133,6 +133,18 @@ impl Summary {
             self.count_deletion(deletion, deletion.keys(&inventory.blobs).len());
         }
         self.repositories_deleted = count(plan.repositories_deleted.len());
+    }
+
+    /// Whether this run deleted (or moved into the quarantine) anything the registry may cache.
+    pub fn deleted_anything(&self) -> bool {
+        !self.dry_run
+            && (self.blobs_deleted
+                + self.manifests_deleted
+                + self.links_deleted
+                + self.tags_deleted
+                + self.uploads_deleted
+                + self.directories_deleted)
+                > 0
     }
 
     pub fn add_error(&mut self, message: String) {

@@ -6,7 +6,7 @@
 //!
 //! 1. [`redis`]: delete the registry's Redis cache entries for what was deleted ([`Deleted`]), when the
 //!    registry caches in Redis (`storage.cache.blobdescriptor: redis`); no restart needed.
-//! 2. A restart command ([`run_restart_command`]): `systemctl restart docker-registry`,
+//! 2. A restart command ([`run_command`]): `systemctl restart docker-registry`,
 //!    `kubectl rollout restart deployment/registry`, … It runs through `sh -c`; its output goes to
 //!    stderr so that stdout stays the summary.
 //! 3. [`webhook`]: POST the summary to a URL that restarts the registry (or tells someone to).
@@ -20,14 +20,20 @@ use std::process::Stdio;
 use serde::Serialize;
 use url::Url;
 
+use tracing::info;
+
 use crate::digest::Digest;
 use crate::layout::{self, RepositoryObject};
 use crate::plan::{Kind, SweepPlan, Target};
+use crate::report::Summary;
 use crate::scan::Inventory;
+use crate::storage::requests::RequestCounter;
+use redis::RedisUrl;
+use webhook::WebhookUrl;
 
-/// How the restart command ended.
+/// How a command run through `sh -c` ended (the restart command, `--pre-command`, `--post-command`).
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct RestartOutcome {
+pub struct CommandOutcome {
     pub command: String,
     pub success: bool,
     /// The exit code, when the command exited (rather than being killed by a signal).
@@ -36,7 +42,8 @@ pub struct RestartOutcome {
     pub status: String,
 }
 
-pub async fn run_restart_command(command: &str) -> RestartOutcome {
+/// Runs `command` through `sh -c`, its output on stderr (stdout is the summary's).
+pub async fn run_command(command: &str) -> CommandOutcome {
     let spawned = tokio::process::Command::new("sh")
         .arg("-c")
         .arg(command)
@@ -45,18 +52,72 @@ pub async fn run_restart_command(command: &str) -> RestartOutcome {
         .status()
         .await;
     match spawned {
-        Ok(status) => RestartOutcome {
+        Ok(status) => CommandOutcome {
             command: command.to_owned(),
             success: status.success(),
             exit_code: status.code(),
             status: status.to_string(),
         },
-        Err(e) => RestartOutcome {
+        Err(e) => CommandOutcome {
             command: command.to_owned(),
             success: false,
             exit_code: None,
             status: format!("could not run sh: {e}"),
         },
+    }
+}
+
+/// How the registry is made to forget, after a sweep that deleted anything (`--redis-url`,
+/// `--restart-command`, `--restart-url`).
+#[derive(Debug, Default, Clone)]
+pub struct Forget {
+    pub redis_url: Option<RedisUrl>,
+    pub command: Option<String>,
+    pub url: Option<WebhookUrl>,
+}
+
+impl Forget {
+    /// Runs the ways asked for, in order — Redis, the restart command, the webhook — recording each
+    /// outcome (and each failure as an error) in `summary`. The webhook receives the summary as it
+    /// stands, with the requests counted so far.
+    pub async fn run(&self, summary: &mut Summary, counter: &RequestCounter) {
+        if summary.dry_run {
+            return;
+        }
+        if let Some(url) = &self.redis_url
+            && !summary.deleted.is_empty()
+        {
+            info!(%url, "deleting the registry's Redis cache entries of what was deleted");
+            let outcome = redis::forget(url, &summary.deleted).await;
+            if !outcome.success {
+                summary.add_error(format!("Redis cache at {url}: {}", outcome.status));
+            }
+            summary.redis = Some(outcome);
+        }
+        if !summary.deleted_anything() {
+            return;
+        }
+        if let Some(command) = &self.command {
+            info!(command, "running the restart command");
+            let outcome = run_command(command).await;
+            if !outcome.success {
+                summary.add_error(format!(
+                    "restart command `{command}` failed: {}",
+                    outcome.status
+                ));
+            }
+            summary.restart = Some(outcome);
+        }
+        if let Some(url) = &self.url {
+            info!(%url, "calling the restart URL");
+            summary.requests = counter.snapshot();
+            let body = serde_json::to_vec(&*summary).expect("a summary serialises");
+            let outcome = webhook::notify(url, body).await;
+            if !outcome.success {
+                summary.add_error(format!("restart URL {url} failed: {}", outcome.status));
+            }
+            summary.restart_url = Some(outcome);
+        }
     }
 }
 
