@@ -216,22 +216,20 @@ fn untagged_image() -> String {
 
 #[test]
 fn corrupt_tag_links_are_refused_by_name() {
+    // Garbage, a digest of the wrong length, an empty file.
     let long = format!("sha256:{}", "a".repeat(63));
-    let contents: [(&str, &[u8]); 3] = [
-        ("garbage", b"this is no digest at all"),
-        ("digest of the wrong length", long.as_bytes()),
-        ("empty file", b""),
-    ];
-    for (what, content) in contents {
+    let contents: [&[u8]; 3] = [b"this is no digest at all", long.as_bytes(), b""];
+    for content in contents {
+        // The error quotes what the link holds.
+        let quoted = format!("{:?}", String::from_utf8_lossy(content));
         for extra in [&[][..], &["-m"][..]] {
             let case = Case::new();
             case.write(&Case::tag_link("app", "v1"), content);
             case.assert_refused(
                 extra,
-                &["repository app: tag v1: corrupt current/link"],
+                &["repository app: tag v1: corrupt current/link", &quoted],
                 None,
             );
-            eprintln!("{what} {extra:?}: refused");
         }
     }
 }
@@ -510,16 +508,11 @@ fn permission_denied_is_refused_by_name() {
     // manifest that cannot be read may reference anything, tagged or not).
     let manifest = Case::blob_rel(hex_of(&tagged("app", "v2")));
     let untagged = Case::blob_rel(hex_of(&untagged_image()));
-    let cases = [
-        ("repositories/multi/_manifests", "Permission denied"),
-        (manifest.as_str(), "Permission denied"),
-        (untagged.as_str(), "Permission denied"),
-    ];
-    for (rel, reason) in cases {
+    for rel in ["repositories/multi/_manifests", &manifest, &untagged] {
         let case = owned_by_nobody(rel);
         let before = snapshot(&case.root());
         let run = gc_as_nobody(&case);
-        assert_refused_run(&run, &[&format!("{V2}/{rel}"), reason]);
+        assert_refused_run(&run, &[&format!("{V2}/{rel}"), "Permission denied"]);
         assert_eq!(diff(&before, &snapshot(&case.root())), Vec::<String>::new());
     }
 
