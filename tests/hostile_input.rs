@@ -468,6 +468,24 @@ fn symlinks_out_of_the_root_are_refused_untouched() {
     }
 }
 
+#[test]
+fn a_fifo_in_place_of_a_link_is_refused_not_read() {
+    // Reading a FIFO with no writer blocks forever: the run must refuse it instead, in time.
+    let case = Case::new();
+    let rel = Case::tag_link("app", "v1");
+    fs::remove_file(case.path(&rel)).unwrap();
+    let status = std::process::Command::new("mkfifo")
+        .arg(case.path(&rel))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    case.assert_refused(
+        &["-m"],
+        &[&format!("{V2}/{rel}"), "not a regular file"],
+        None,
+    );
+}
+
 /// Runs `gc -m` as `nobody` (the tests run as root, whom permissions do not stop).
 fn gc_as_nobody(case: &Case) -> RunOutput {
     let url = case.url();

@@ -90,6 +90,17 @@ fn child_key(parent_key: &str, entry: &fs::DirEntry) -> Result<String, StorageEr
     }
 }
 
+/// A FIFO, socket or device: reading one may block forever or never end.
+fn not_a_file(key: String) -> StorageError {
+    StorageError::Io {
+        key,
+        source: io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a regular file or directory; regsweep leaves such storage alone",
+        ),
+    }
+}
+
 fn object_meta(key: String, meta: &fs::Metadata) -> Result<ObjectMeta, StorageError> {
     let modified = meta.modified().map_err(|source| io_error(&key, source))?;
     Ok(ObjectMeta {
@@ -127,6 +138,8 @@ fn read_dir(
             return Err(StorageError::Symlink { key });
         } else if file_type.is_dir() {
             out.push(Entry::Dir(key + "/"));
+        } else if !file_type.is_file() {
+            return Err(not_a_file(key));
         } else {
             // One lstat per file, for its size and modification time.
             let meta = entry.metadata().map_err(|e| io_error(&key, e))?;
@@ -258,6 +271,9 @@ impl Storage for LocalStorage {
             if meta.file_type().is_symlink() {
                 return Err(StorageError::Symlink { key });
             }
+            if !meta.is_file() {
+                return Err(not_a_file(key));
+            }
             fs::read(&path).map_err(|e| io_error(&key, e))
         }))
     }
@@ -354,6 +370,28 @@ mod tests {
         let results = storage.delete(vec!["a/link".into()]).await;
         assert!(matches!(results[0], Err(StorageError::Symlink { .. })));
         assert!(outside.path().join("precious").exists());
+    }
+
+    #[tokio::test]
+    async fn special_files_are_errors_and_never_read() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir_all(dir.path().join("a")).unwrap();
+        let _socket = std::os::unix::net::UnixListener::bind(dir.path().join("a/sock")).unwrap();
+        let storage = LocalStorage::open(dir.path(), &RequestCounter::default()).unwrap();
+        let err = storage
+            .list("a/")
+            .try_collect::<Vec<_>>()
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string().starts_with("a/sock: not a regular file"),
+            "{err}"
+        );
+        let err = storage.get("a/sock").await.unwrap_err();
+        assert!(
+            err.to_string().starts_with("a/sock: not a regular file"),
+            "{err}"
+        );
     }
 
     #[tokio::test]
