@@ -147,6 +147,9 @@ pub fn tag_index_link(repo: &str, tag: &str, digest: &Digest) -> String {
     )
 }
 
+/// Link files hold 71 bytes; a larger one is corrupt and is refused by its listed size, unread.
+pub const MAX_LINK_BYTES: u64 = 1024;
+
 /// Parses the content of a link file: exactly `sha256:<64 lowercase hex>`, no newline.
 pub fn parse_link(content: &[u8]) -> Result<Digest, DigestError> {
     let text = std::str::from_utf8(content)

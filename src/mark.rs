@@ -11,7 +11,7 @@
 //! be read or parsed, or a tag whose `current/link` is corrupt, is a [`MarkError`], and the run stops
 //! before its first deletion.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -28,8 +28,39 @@ use crate::storage::Storage;
 /// Larger documents are not treated as manifests (the registry itself refuses far smaller ones).
 pub const MAX_MANIFEST_BYTES: u64 = 16 << 20;
 
-/// Every manifest the mark may follow, by blob index: its references, or why it could not be read.
-pub type ManifestCatalog = HashMap<u32, Result<ManifestRefs, String>>;
+/// Every manifest the mark may follow, by blob index: its references, or why it could not be used.
+#[derive(Debug, Default)]
+pub struct ManifestCatalog {
+    manifests: HashMap<u32, Result<ManifestRefs, String>>,
+    /// Those whose content could not be read at all (a storage error): unlike a document that was
+    /// read and is no manifest, such a manifest may reference anything, so it can only be used
+    /// when nothing needs it.
+    unread: HashSet<u32>,
+}
+
+impl ManifestCatalog {
+    pub fn len(&self) -> usize {
+        self.manifests.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.manifests.is_empty()
+    }
+
+    pub fn get(&self, index: &u32) -> Option<&Result<ManifestRefs, String>> {
+        self.manifests.get(index)
+    }
+}
+
+/// Manifests that were all read (parsed or not).
+impl FromIterator<(u32, Result<ManifestRefs, String>)> for ManifestCatalog {
+    fn from_iter<I: IntoIterator<Item = (u32, Result<ManifestRefs, String>)>>(iter: I) -> Self {
+        ManifestCatalog {
+            manifests: iter.into_iter().collect(),
+            unread: HashSet::new(),
+        }
+    }
+}
 
 /// Why the mark refused to produce a result.
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -86,7 +117,7 @@ pub async fn load_manifests(
     concurrency: usize,
 ) -> ManifestCatalog {
     let universe = &inventory.blobs;
-    let mut catalog = ManifestCatalog::new();
+    let mut catalog = ManifestCatalog::default();
     let mut wanted: Vec<u32> = inventory
         .repositories
         .iter()
@@ -103,8 +134,8 @@ pub async fn load_manifests(
     while !wanted.is_empty() {
         wanted.sort_unstable();
         wanted.dedup();
-        wanted.retain(|index| !catalog.contains_key(index));
-        let loaded: Vec<(u32, Result<ManifestRefs, String>)> =
+        wanted.retain(|index| !catalog.manifests.contains_key(index));
+        let loaded: Vec<(u32, Result<ManifestRefs, ManifestFailure>)> =
             stream::iter(wanted.drain(..).map(|index| async move {
                 (index, read_manifest(storage, universe, index).await)
             }))
@@ -112,29 +143,48 @@ pub async fn load_manifests(
             .collect()
             .await;
         for (index, refs) in loaded {
-            if let Ok(refs) = &refs {
-                wanted.extend(refs.manifests.iter().filter_map(|d| universe.index(d)));
-            }
-            catalog.insert(index, refs);
+            let refs = match refs {
+                Ok(refs) => {
+                    wanted.extend(refs.manifests.iter().filter_map(|d| universe.index(d)));
+                    Ok(refs)
+                }
+                Err(ManifestFailure::Unread(reason)) => {
+                    catalog.unread.insert(index);
+                    Err(reason)
+                }
+                Err(ManifestFailure::Unusable(reason)) => Err(reason),
+            };
+            catalog.manifests.insert(index, refs);
         }
     }
     catalog
+}
+
+/// Why a manifest could not be used.
+enum ManifestFailure {
+    /// The storage did not give its content (its references are unknown).
+    Unread(String),
+    /// Too large, or not a manifest the registry could have stored.
+    Unusable(String),
 }
 
 async fn read_manifest(
     storage: &Arc<dyn Storage>,
     universe: &BlobUniverse,
     index: u32,
-) -> Result<ManifestRefs, String> {
+) -> Result<ManifestRefs, ManifestFailure> {
     let size = universe.size(index);
     if size > MAX_MANIFEST_BYTES {
-        return Err(format!(
+        return Err(ManifestFailure::Unusable(format!(
             "{size} bytes is larger than the {MAX_MANIFEST_BYTES} bytes a manifest may have"
-        ));
+        )));
     }
     let key = layout::blob_data(universe.digest(index));
-    let content = storage.get(&key).await.map_err(|e| e.to_string())?;
-    parse_manifest(&content).map_err(|e| e.to_string())
+    let content = storage
+        .get(&key)
+        .await
+        .map_err(|e| ManifestFailure::Unread(e.to_string()))?;
+    parse_manifest(&content).map_err(|e| ManifestFailure::Unusable(format!("{key}: {e}")))
 }
 
 /// Computes what is live. Pure: all I/O happened in the scan and in [`load_manifests`].
@@ -266,11 +316,20 @@ fn mark_repository(
     }
 
     // An untagged manifest we cannot parse may be a referrer of a live one: keep it (fail closed).
+    // One we could not read at all may reference anything: that stops the run.
     for revision in &repo.revisions {
         if let Some(index) = universe.index(&revision.digest)
             && !marks.manifests.contains(index)
             && let Some(Err(reason)) = catalog.get(&index)
         {
+            if catalog.unread.contains(&index) {
+                errors.push(MarkError::UnreadableManifest {
+                    repository: repo.name.clone(),
+                    digest: revision.digest,
+                    reason: reason.clone(),
+                });
+                continue;
+            }
             marks.manifests.insert(index);
             warnings.push(format!(
                 "repository {}: keeping unreadable manifest {}: {reason}",
@@ -279,4 +338,56 @@ fn mark_repository(
         }
     }
     marks
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scan::Link;
+
+    /// One repository with one untagged revision whose manifest could not be used.
+    fn untagged_unusable(unread: bool) -> Result<MarkSet, Vec<MarkError>> {
+        let digest = Digest::from_bytes([7; 32]);
+        let inventory = Inventory {
+            blobs: BlobUniverse::new(vec![(digest, 10, SystemTime::UNIX_EPOCH)]),
+            repositories: vec![Repository {
+                name: "app".to_owned(),
+                revisions: vec![Link {
+                    digest,
+                    modified: SystemTime::UNIX_EPOCH,
+                }],
+                ..Repository::default()
+            }],
+            ..Inventory::default()
+        };
+        let mut catalog: ManifestCatalog = [(0, Err("why".to_owned()))].into_iter().collect();
+        if unread {
+            catalog.unread.insert(0);
+        }
+        let options = MarkOptions {
+            delete_untagged: true,
+            cutoff: SystemTime::UNIX_EPOCH,
+        };
+        mark(&inventory, &catalog, options)
+    }
+
+    #[test]
+    fn an_untagged_manifest_that_is_no_manifest_is_kept_with_a_warning() {
+        let set = untagged_unusable(false).unwrap();
+        assert!(set.repositories[0].manifests.contains(0));
+        assert!(set.warnings[0].contains("app"), "{:?}", set.warnings);
+    }
+
+    #[test]
+    fn an_untagged_manifest_that_cannot_be_read_stops_the_run() {
+        let errors = untagged_unusable(true).unwrap_err();
+        assert_eq!(
+            errors,
+            [MarkError::UnreadableManifest {
+                repository: "app".to_owned(),
+                digest: Digest::from_bytes([7; 32]),
+                reason: "why".to_owned(),
+            }]
+        );
+    }
 }

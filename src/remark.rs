@@ -63,8 +63,15 @@ pub async fn remark(
     options: MarkOptions,
     concurrency: usize,
 ) -> Result<Reprieve, RemarkError> {
-    let mut repositories = scan::list_repositories(storage, concurrency).await?;
-    read_changed_tag_links(storage, inventory, &mut repositories, concurrency).await?;
+    let (mut repositories, oversize) = scan::list_repositories(storage, concurrency).await?;
+    read_changed_tag_links(
+        storage,
+        inventory,
+        &mut repositories,
+        &oversize,
+        concurrency,
+    )
+    .await?;
 
     let mut reprieve = Reprieve::default();
     let mut read_since = HashMap::new();
@@ -96,6 +103,7 @@ async fn read_changed_tag_links(
     storage: &Arc<dyn Storage>,
     inventory: &Inventory,
     repositories: &mut [Repository],
+    oversize: &HashSet<String>,
     concurrency: usize,
 ) -> Result<(), StorageError> {
     let mut changed: Vec<Repository> = Vec::new();
@@ -127,7 +135,7 @@ async fn read_changed_tag_links(
             });
         }
     }
-    scan::read_tag_links(storage, &mut changed, concurrency).await?;
+    scan::read_tag_links(storage, &mut changed, oversize, concurrency).await?;
     for read in changed {
         let repo = repositories
             .iter_mut()

@@ -6,7 +6,7 @@
 //! held as a sorted vector of 32-byte digests, so that the rest of the pipeline can name a blob by its
 //! index in that vector (see [`crate::mark::MarkSet`]).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -197,6 +197,8 @@ pub async fn scan(storage: &Arc<dyn Storage>, concurrency: usize) -> Result<Inve
     inventory.unknown.extend(repository_strays);
     let mut blobs = Vec::new();
     let mut repositories: BTreeMap<String, Repository> = BTreeMap::new();
+    // Tag links refused by their listed size: never read into memory.
+    let mut oversize_links = HashSet::new();
     let mut listings = stream::iter(
         blob_prefixes
             .iter()
@@ -213,7 +215,12 @@ pub async fn scan(storage: &Arc<dyn Storage>, concurrency: usize) -> Result<Inve
                     BlobObject::Unknown => inventory.unknown.push(object),
                 }
             } else {
-                add_repository_object(&mut inventory, &mut repositories, object);
+                add_repository_object(
+                    &mut inventory,
+                    &mut repositories,
+                    &mut oversize_links,
+                    object,
+                );
             }
         }
     }
@@ -221,19 +228,27 @@ pub async fn scan(storage: &Arc<dyn Storage>, concurrency: usize) -> Result<Inve
     inventory.blobs = BlobUniverse::new(blobs);
     inventory.multipart_uploads = storage.multipart_uploads(layout::REPOSITORIES).await?;
     inventory.repositories = repositories.into_values().collect();
-    read_tag_links(storage, &mut inventory.repositories, concurrency).await?;
+    read_tag_links(
+        storage,
+        &mut inventory.repositories,
+        &oversize_links,
+        concurrency,
+    )
+    .await?;
     Ok(inventory)
 }
 
 /// Lists the repositories again (for the re-mark before the sweep), without reading any tag link:
-/// every tag's `current` target is left unread (an error), for the caller to fill in.
+/// every tag's `current` target is left unread (an error), for the caller to fill in; also returns
+/// the tag links listed larger than a link can be (recorded as corrupt, never to be read).
 pub async fn list_repositories(
     storage: &Arc<dyn Storage>,
     concurrency: usize,
-) -> Result<Vec<Repository>, ScanError> {
+) -> Result<(Vec<Repository>, HashSet<String>), ScanError> {
     let (prefixes, _) = prefixes_to_list(storage, layout::REPOSITORIES, None).await?;
     let mut scratch = Inventory::default();
     let mut repositories: BTreeMap<String, Repository> = BTreeMap::new();
+    let mut oversize = HashSet::new();
     let mut listings = stream::iter(
         prefixes
             .iter()
@@ -242,10 +257,10 @@ pub async fn list_repositories(
     .buffer_unordered(concurrency.max(1));
     while let Some(objects) = listings.try_next().await? {
         for object in objects {
-            add_repository_object(&mut scratch, &mut repositories, object);
+            add_repository_object(&mut scratch, &mut repositories, &mut oversize, object);
         }
     }
-    Ok(repositories.into_values().collect())
+    Ok((repositories.into_values().collect(), oversize))
 }
 
 /// The prefixes to list recursively below `parent` — its sub-prefixes, with `split` (if any) split
@@ -273,6 +288,7 @@ async fn prefixes_to_list(
 fn add_repository_object(
     inventory: &mut Inventory,
     repositories: &mut BTreeMap<String, Repository>,
+    oversize_links: &mut HashSet<String>,
     object: ObjectMeta,
 ) {
     let parsed = layout::parse_repository_key(&object.key);
@@ -306,11 +322,18 @@ fn add_repository_object(
             modified,
         }),
         RepositoryObject::TagCurrent { tag } => {
-            tag_mut(repository, tag).current = Some(TagCurrent {
+            let target = if object.size > layout::MAX_LINK_BYTES {
+                oversize_links.insert(object.key.clone());
+                Err(DigestError::Malformed(format!(
+                    "<{} bytes, not read: a link holds at most {}>",
+                    object.size,
+                    layout::MAX_LINK_BYTES
+                )))
+            } else {
                 // Filled in by `read_tag_links`.
-                target: Err(DigestError::Malformed(String::new())),
-                modified,
-            })
+                Err(DigestError::Malformed(String::new()))
+            };
+            tag_mut(repository, tag).current = Some(TagCurrent { target, modified })
         }
         RepositoryObject::TagIndex { tag, digest } => tag_mut(repository, tag)
             .index
@@ -350,11 +373,13 @@ fn tag_mut<'r>(repository: &'r mut Repository, name: &str) -> &'r mut Tag {
     &mut repository.tags[i]
 }
 
-/// Reads every tag's `current/link`, concurrently. A link that cannot be parsed is recorded as such
-/// (the mark refuses to go on with it); one that cannot be read at all fails the scan.
+/// Reads every tag's `current/link` but those listed larger than a link can be (`oversize`, already
+/// recorded as corrupt), concurrently. A link that cannot be parsed is recorded as such (the mark
+/// refuses to go on with it); one that cannot be read at all fails the scan.
 pub async fn read_tag_links(
     storage: &Arc<dyn Storage>,
     repositories: &mut [Repository],
+    oversize: &HashSet<String>,
     concurrency: usize,
 ) -> Result<(), StorageError> {
     let keys: Vec<(usize, usize, String)> = repositories
@@ -367,9 +392,20 @@ pub async fn read_tag_links(
                     .map(|_| (r, t, layout::tag_current_link(&repo.name, &tag.name)))
             })
         })
+        .filter(|(_, _, key)| !oversize.contains(key))
         .collect();
     let mut reads = stream::iter(keys.into_iter().map(|(r, t, key)| async move {
         match storage.get(&key).await {
+            // Grown past the limit since the listing: still refused, not parsed.
+            Ok(content) if content.len() as u64 > layout::MAX_LINK_BYTES => Ok((
+                r,
+                t,
+                Some(Err(DigestError::Malformed(format!(
+                    "<{} bytes: a link holds at most {}>",
+                    content.len(),
+                    layout::MAX_LINK_BYTES
+                )))),
+            )),
             Ok(content) => Ok((r, t, Some(layout::parse_link(&content)))),
             // Deleted since the listing (an untag racing the scan): the tag has no current link.
             Err(StorageError::NotFound { .. }) => Ok((r, t, None)),
@@ -473,6 +509,37 @@ mod tests {
         assert_eq!(bar.tags[1].index.len(), 1);
         assert_eq!(inventory.unknown.len(), 1, "{:?}", inventory.unknown);
         assert_eq!(inventory.markers.len(), 1, "{:?}", inventory.markers);
+    }
+
+    #[tokio::test]
+    async fn oversize_tag_links_are_refused_unread() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let a = Digest::from_bytes([0xaa; 32]);
+        write(root, &layout::blob_data(&a), "{}");
+        write(root, &layout::tag_current_link("app", "ok"), &a.to_string());
+        let huge = "1".repeat(layout::MAX_LINK_BYTES as usize + 1);
+        write(root, &layout::tag_current_link("app", "huge"), &huge);
+
+        let counter = crate::storage::requests::RequestCounter::default();
+        let storage: Arc<dyn Storage> = Arc::new(LocalStorage::open(root, &counter).unwrap());
+        let inventory = scan(&storage, 4).await.unwrap();
+        let tags = &inventory.repositories[0].tags;
+        assert_eq!(tags[0].name, "huge");
+        let error = tags[0]
+            .current
+            .as_ref()
+            .unwrap()
+            .target
+            .clone()
+            .unwrap_err();
+        assert!(
+            error.to_string().contains("1025 bytes, not read"),
+            "{error}"
+        );
+        assert_eq!(tags[1].current.as_ref().unwrap().target, Ok(a));
+        // Only the small link was read.
+        assert_eq!(counter.snapshot().get, 1);
     }
 
     #[tokio::test]

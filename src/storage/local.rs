@@ -90,6 +90,17 @@ fn child_key(parent_key: &str, entry: &fs::DirEntry) -> Result<String, StorageEr
     }
 }
 
+/// A FIFO, socket or device: reading one may block forever or never end.
+fn not_a_file(key: String) -> StorageError {
+    StorageError::Io {
+        key,
+        source: io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a regular file or directory; regsweep leaves such storage alone",
+        ),
+    }
+}
+
 fn object_meta(key: String, meta: &fs::Metadata) -> Result<ObjectMeta, StorageError> {
     let modified = meta.modified().map_err(|source| io_error(&key, source))?;
     Ok(ObjectMeta {
@@ -127,6 +138,8 @@ fn read_dir(
             return Err(StorageError::Symlink { key });
         } else if file_type.is_dir() {
             out.push(Entry::Dir(key + "/"));
+        } else if !file_type.is_file() {
+            return Err(not_a_file(key));
         } else {
             // One lstat per file, for its size and modification time.
             let meta = entry.metadata().map_err(|e| io_error(&key, e))?;
@@ -227,6 +240,10 @@ fn read_file(path: &Path, key: &str) -> Result<Vec<u8>, StorageError> {
         return Err(StorageError::Symlink {
             key: key.to_owned(),
         });
+    }
+    // A FIFO or device would block the read forever.
+    if !meta.is_file() {
+        return Err(not_a_file(key.to_owned()));
     }
     fs::read(path).map_err(|e| io_error(key, e))
 }

@@ -1,7 +1,7 @@
 //! A fault-injecting HTTP proxy: it forwards each request to an upstream server, but answers
-//! every `every`-th one with `503 Slow Down` (S3's throttling reply: a client that does not retry
-//! fails, one that does succeeds) or, in the other mode, every request that contains a given text
-//! with `403 Access Denied` (a permanent failure).
+//! every `every`-th one (or each of the first `n`) with `503 Slow Down` (S3's throttling reply: a
+//! client that does not retry fails, one that does succeeds) or, in the other modes, every request
+//! that contains a given text with `403 Access Denied` or `503 Slow Down` (a permanent failure).
 //!
 //! One request per connection: the proxy asks upstream to close after its answer and relays
 //! bytes until EOF, which keeps it free of HTTP body framing.
@@ -18,7 +18,9 @@ const SLOW_DOWN: &str = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Cod
 
 enum Rule {
     Throttle { every: u64 },
+    ThrottleFirst { n: u64 },
     Deny { needle: Vec<u8> },
+    SlowDownAlways { needle: Vec<u8> },
 }
 
 const ACCESS_DENIED: &str = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>AccessDenied\
@@ -35,6 +37,22 @@ impl FaultProxy {
     /// Proxies to `upstream` (`host:port`), throttling requests number `every`, `2 * every`, ….
     pub fn start(upstream: &str, every: u64) -> FaultProxy {
         FaultProxy::spawn(upstream, Rule::Throttle { every })
+    }
+
+    /// Proxies to `upstream`, throttling requests number 1 to `n` (a storage that answers 503 for
+    /// a while).
+    pub fn throttle_first(upstream: &str, n: u64) -> FaultProxy {
+        FaultProxy::spawn(upstream, Rule::ThrottleFirst { n })
+    }
+
+    /// Proxies to `upstream`, throttling every request whose bytes contain `needle`, forever.
+    pub fn slow_down_always(upstream: &str, needle: &str) -> FaultProxy {
+        FaultProxy::spawn(
+            upstream,
+            Rule::SlowDownAlways {
+                needle: needle.as_bytes().to_vec(),
+            },
+        )
     }
 
     /// Proxies to `upstream`, denying every request whose bytes contain `needle`.
@@ -126,6 +144,10 @@ fn read_request(client: &mut TcpStream) -> std::io::Result<Vec<u8>> {
     Ok(request)
 }
 
+fn contains(request: &[u8], needle: &[u8]) -> bool {
+    request.windows(needle.len()).any(|w| w == needle)
+}
+
 fn handle(
     mut client: TcpStream,
     upstream: &str,
@@ -139,10 +161,13 @@ fn handle(
         Rule::Throttle { every } => {
             (*every > 0 && n.is_multiple_of(*every)).then_some(("503 Slow Down", SLOW_DOWN))
         }
-        Rule::Deny { needle } => request
-            .windows(needle.len())
-            .any(|w| w == needle.as_slice())
-            .then_some(("403 Forbidden", ACCESS_DENIED)),
+        Rule::ThrottleFirst { n: first } => (n <= *first).then_some(("503 Slow Down", SLOW_DOWN)),
+        Rule::Deny { needle } => {
+            contains(&request, needle).then_some(("403 Forbidden", ACCESS_DENIED))
+        }
+        Rule::SlowDownAlways { needle } => {
+            contains(&request, needle).then_some(("503 Slow Down", SLOW_DOWN))
+        }
     };
     if let Some((status, body)) = fault {
         injected.fetch_add(1, Ordering::Relaxed);

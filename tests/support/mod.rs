@@ -17,6 +17,7 @@ pub mod azurite;
 pub mod client;
 pub mod content;
 pub mod fault_proxy;
+pub mod hostile;
 pub mod model;
 pub mod objects;
 pub mod redis;
