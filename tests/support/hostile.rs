@@ -72,7 +72,8 @@ pub enum Entry {
     Special,
 }
 
-/// Every path under a root (names as raw bytes, so names that are not UTF-8 are compared exactly).
+/// Every path under a root (names as raw bytes, so names that are not UTF-8 are compared exactly),
+/// but regsweep's own objects (`_regsweep/`: the run lock).
 pub type Snapshot = BTreeMap<OsString, Entry>;
 
 pub fn snapshot(root: &Path) -> Snapshot {
@@ -81,6 +82,9 @@ pub fn snapshot(root: &Path) -> Snapshot {
         for entry in entries {
             let entry = entry.unwrap_or_else(|e| panic!("list {}: {e}", dir.display()));
             let path = entry.path();
+            if path == root.join("_regsweep") {
+                continue;
+            }
             let rel = path.strip_prefix(root).unwrap().as_os_str().to_owned();
             let meta = fs::symlink_metadata(&path).unwrap();
             let node = if meta.file_type().is_symlink() {
