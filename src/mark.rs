@@ -21,17 +21,81 @@ use thiserror::Error;
 
 use crate::digest::{Digest, DigestError};
 use crate::layout;
-use crate::manifest::{ManifestRefs, parse_manifest};
+use crate::manifest::{ManifestKind, ManifestRefs, parse_manifest};
 use crate::scan::{BlobUniverse, Inventory, Repository};
 use crate::storage::Storage;
 
 /// Larger documents are not treated as manifests (the registry itself refuses far smaller ones).
 pub const MAX_MANIFEST_BYTES: u64 = 16 << 20;
 
+/// A manifest's references as blob indices, packed in one allocation —
+/// `[child count | incomplete flag, subject, children…, blobs…]` — because a large registry holds
+/// millions of manifests and the catalog holds them all at once. References to blobs that are not in
+/// storage are left out: the mark has nothing to keep for them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refs {
+    pub kind: ManifestKind,
+    packed: Box<[u32]>,
+}
+
+const NO_SUBJECT: u32 = u32::MAX;
+const INCOMPLETE: u32 = 1 << 31;
+
+impl Refs {
+    pub fn new(refs: &ManifestRefs, universe: &BlobUniverse) -> Refs {
+        let mut complete = true;
+        let mut index = |digest: &Digest| {
+            let found = universe.index(digest);
+            complete &= found.is_some();
+            found
+        };
+        let children: Vec<u32> = refs.manifests.iter().filter_map(&mut index).collect();
+        let blobs: Vec<u32> = refs.blobs.iter().filter_map(&mut index).collect();
+        let subject = refs.subject.as_ref().map_or(Some(NO_SUBJECT), &mut index);
+        let count = u32::try_from(children.len()).expect("fewer than 2^31 children") & !INCOMPLETE;
+        let mut packed = Vec::with_capacity(2 + children.len() + blobs.len());
+        packed.push(if complete { count } else { count | INCOMPLETE });
+        packed.push(subject.unwrap_or(NO_SUBJECT));
+        packed.extend(children);
+        packed.extend(blobs);
+        Refs {
+            kind: refs.kind,
+            packed: packed.into_boxed_slice(),
+        }
+    }
+
+    fn children_end(&self) -> usize {
+        2 + (self.packed[0] & !INCOMPLETE) as usize
+    }
+
+    /// Child manifests in storage (of an index or manifest list).
+    pub fn manifests(&self) -> &[u32] {
+        &self.packed[2..self.children_end()]
+    }
+
+    /// Config and layer blobs in storage.
+    pub fn blobs(&self) -> &[u32] {
+        &self.packed[self.children_end()..]
+    }
+
+    /// The manifest this one refers to, when it is in storage.
+    pub fn subject(&self) -> Option<u32> {
+        Some(self.packed[1]).filter(|&s| s != NO_SUBJECT)
+    }
+
+    /// Whether every reference named a blob in storage.
+    pub fn is_complete(&self) -> bool {
+        self.packed[0] & INCOMPLETE == 0
+    }
+}
+
 /// Every manifest the mark may follow, by blob index: its references, or why it could not be used.
 #[derive(Debug, Default)]
 pub struct ManifestCatalog {
-    manifests: HashMap<u32, Result<ManifestRefs, String>>,
+    manifests: HashMap<u32, Result<Refs, String>>,
+    /// The whole references of the manifests whose [`Refs`] are incomplete (broken images, or
+    /// blobs pushed during the run): the re-mark must follow those too.
+    incomplete: HashMap<u32, ManifestRefs>,
     /// Those whose content could not be read at all (a storage error): unlike a document that was
     /// read and is no manifest, such a manifest may reference anything, so it can only be used
     /// when nothing needs it.
@@ -39,6 +103,63 @@ pub struct ManifestCatalog {
 }
 
 impl ManifestCatalog {
+    /// A catalog of manifests that were all read (parsed or not).
+    pub fn of_parsed(
+        universe: &BlobUniverse,
+        manifests: impl IntoIterator<Item = (u32, Result<ManifestRefs, String>)>,
+    ) -> ManifestCatalog {
+        let mut catalog = ManifestCatalog::default();
+        for (index, refs) in manifests {
+            catalog.insert(index, refs.map_err(ManifestFailure::Unusable), universe);
+        }
+        catalog
+    }
+
+    fn insert(
+        &mut self,
+        index: u32,
+        refs: Result<ManifestRefs, ManifestFailure>,
+        universe: &BlobUniverse,
+    ) {
+        let refs = match refs {
+            Ok(full) => {
+                let refs = Refs::new(&full, universe);
+                if !refs.is_complete() {
+                    self.incomplete.insert(index, full);
+                }
+                Ok(refs)
+            }
+            Err(ManifestFailure::Unread(reason)) => {
+                self.unread.insert(index);
+                Err(reason)
+            }
+            Err(ManifestFailure::Unusable(reason)) => Err(reason),
+        };
+        self.manifests.insert(index, refs);
+    }
+
+    /// A manifest's whole references, digests of blobs not in storage included.
+    pub fn full(
+        &self,
+        index: u32,
+        universe: &BlobUniverse,
+    ) -> Option<Result<ManifestRefs, String>> {
+        let refs = match self.manifests.get(&index)? {
+            Ok(refs) => refs,
+            Err(reason) => return Some(Err(reason.clone())),
+        };
+        if let Some(full) = self.incomplete.get(&index) {
+            return Some(Ok(full.clone()));
+        }
+        let digests = |indices: &[u32]| indices.iter().map(|&i| *universe.digest(i)).collect();
+        Some(Ok(ManifestRefs {
+            kind: refs.kind,
+            manifests: digests(refs.manifests()),
+            blobs: digests(refs.blobs()),
+            subject: refs.subject().map(|i| *universe.digest(i)),
+        }))
+    }
+
     pub fn len(&self) -> usize {
         self.manifests.len()
     }
@@ -47,18 +168,8 @@ impl ManifestCatalog {
         self.manifests.is_empty()
     }
 
-    pub fn get(&self, index: &u32) -> Option<&Result<ManifestRefs, String>> {
+    pub fn get(&self, index: &u32) -> Option<&Result<Refs, String>> {
         self.manifests.get(index)
-    }
-}
-
-/// Manifests that were all read (parsed or not).
-impl FromIterator<(u32, Result<ManifestRefs, String>)> for ManifestCatalog {
-    fn from_iter<I: IntoIterator<Item = (u32, Result<ManifestRefs, String>)>>(iter: I) -> Self {
-        ManifestCatalog {
-            manifests: iter.into_iter().collect(),
-            unread: HashSet::new(),
-        }
     }
 }
 
@@ -83,9 +194,31 @@ pub enum MarkError {
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct RepositoryMarks {
     /// Live manifests (blob indices): their revision links and tag index entries stay.
-    pub manifests: RoaringBitmap,
+    pub manifests: IndexSet,
     /// Blobs that live manifests of this repository reference: their `_layers` links stay.
-    pub layers: RoaringBitmap,
+    pub layers: IndexSet,
+}
+
+/// A sorted set of blob indices. A repository's marks are a few dozen indices spread over the
+/// whole universe, where a bitmap costs far more than these 4 bytes an index; a registry has
+/// hundreds of thousands of repositories.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct IndexSet(Box<[u32]>);
+
+impl IndexSet {
+    pub fn contains(&self, index: u32) -> bool {
+        self.0.binary_search(&index).is_ok()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = u32> + '_ {
+        self.0.iter().copied()
+    }
+}
+
+impl From<RoaringBitmap> for IndexSet {
+    fn from(bitmap: RoaringBitmap) -> IndexSet {
+        IndexSet(bitmap.into_iter().collect())
+    }
 }
 
 /// The result of the mark: a compact bitmap over the indices of [`BlobUniverse`], exact (no hashing),
@@ -135,26 +268,18 @@ pub async fn load_manifests(
         wanted.sort_unstable();
         wanted.dedup();
         wanted.retain(|index| !catalog.manifests.contains_key(index));
-        let loaded: Vec<(u32, Result<ManifestRefs, ManifestFailure>)> =
-            stream::iter(wanted.drain(..).map(|index| async move {
+        // Each manifest is packed as it arrives: only the reads in flight are held whole.
+        let batch = std::mem::take(&mut wanted);
+        let mut loaded =
+            stream::iter(batch.into_iter().map(|index| async move {
                 (index, read_manifest(storage, universe, index).await)
             }))
-            .buffer_unordered(concurrency.max(1))
-            .collect()
-            .await;
-        for (index, refs) in loaded {
-            let refs = match refs {
-                Ok(refs) => {
-                    wanted.extend(refs.manifests.iter().filter_map(|d| universe.index(d)));
-                    Ok(refs)
-                }
-                Err(ManifestFailure::Unread(reason)) => {
-                    catalog.unread.insert(index);
-                    Err(reason)
-                }
-                Err(ManifestFailure::Unusable(reason)) => Err(reason),
-            };
-            catalog.manifests.insert(index, refs);
+            .buffer_unordered(concurrency.max(1));
+        while let Some((index, refs)) = loaded.next().await {
+            if let Ok(refs) = &refs {
+                wanted.extend(refs.manifests.iter().filter_map(|d| universe.index(d)));
+            }
+            catalog.insert(index, refs, universe);
         }
     }
     catalog
@@ -204,8 +329,8 @@ pub fn mark(
             &mut errors,
             &mut set.warnings,
         );
-        set.blobs |= &marks.manifests;
-        set.blobs |= &marks.layers;
+        set.blobs.extend(marks.manifests.iter());
+        set.blobs.extend(marks.layers.iter());
         for signature in &repo.signatures {
             let revision_live = inventory
                 .blobs
@@ -233,26 +358,30 @@ fn mark_repository(
     warnings: &mut Vec<String>,
 ) -> RepositoryMarks {
     let young = |modified: SystemTime| modified > options.cutoff;
-    let mut marks = RepositoryMarks::default();
+    let mut marks = Marking::default();
 
     // Referrers of each manifest of this repository, by subject.
-    let mut referrers: HashMap<u32, Vec<Digest>> = HashMap::new();
+    let mut referrers: HashMap<u32, Vec<u32>> = HashMap::new();
     for revision in &repo.revisions {
         let Some(index) = universe.index(&revision.digest) else {
             continue;
         };
         if let Some(Ok(refs)) = catalog.get(&index)
-            && let Some(subject) = refs.subject.as_ref().and_then(|s| universe.index(s))
+            && let Some(subject) = refs.subject()
         {
-            referrers.entry(subject).or_default().push(revision.digest);
+            referrers.entry(subject).or_default().push(index);
         }
     }
 
-    let mut pending: Vec<Digest> = Vec::new();
+    // Manifests not in storage are left out: nothing to keep for a tag or index pointing at a
+    // missing manifest (the plan removes the broken tag; an index with a missing child is
+    // already broken).
+    let mut pending: Vec<u32> = Vec::new();
+    let push = |pending: &mut Vec<u32>, digest: &Digest| pending.extend(universe.index(digest));
     for tag in &repo.tags {
         if let Some(current) = &tag.current {
             match &current.target {
-                Ok(digest) => pending.push(*digest),
+                Ok(digest) => push(&mut pending, digest),
                 Err(error) => errors.push(MarkError::CorruptTagLink {
                     repository: repo.name.clone(),
                     tag: tag.name.clone(),
@@ -261,19 +390,15 @@ fn mark_repository(
             }
         }
         // A young index entry may be a tag being written (index first, then current).
-        pending.extend(
-            tag.index
-                .iter()
-                .filter(|l| young(l.modified))
-                .map(|l| l.digest),
-        );
+        for entry in tag.index.iter().filter(|l| young(l.modified)) {
+            push(&mut pending, &entry.digest);
+        }
     }
-    pending.extend(
-        repo.revisions
-            .iter()
-            .filter(|r| !options.delete_untagged || young(r.modified))
-            .map(|r| r.digest),
-    );
+    for revision in &repo.revisions {
+        if !options.delete_untagged || young(revision.modified) {
+            push(&mut pending, &revision.digest);
+        }
+    }
     // A young layer link is an upload whose manifest may not be pushed yet.
     for link in repo.layer_links.iter().filter(|l| young(l.modified)) {
         if let Some(index) = universe.index(&link.digest) {
@@ -281,35 +406,26 @@ fn mark_repository(
         }
     }
 
-    while let Some(digest) = pending.pop() {
-        // Not in storage: a tag or index pointing at a missing manifest. Nothing to keep; the plan
-        // removes the broken tag, and an index with a missing child is already broken.
-        let Some(index) = universe.index(&digest) else {
-            continue;
-        };
+    while let Some(index) = pending.pop() {
         if !marks.manifests.insert(index) {
             continue;
         }
         match catalog.get(&index) {
             Some(Ok(refs)) => {
-                pending.extend(&refs.manifests);
-                for blob in &refs.blobs {
-                    if let Some(b) = universe.index(blob) {
-                        marks.layers.insert(b);
-                    }
-                }
+                pending.extend(refs.manifests());
+                marks.layers.extend(refs.blobs().iter().copied());
                 if let Some(found) = referrers.get(&index) {
                     pending.extend(found);
                 }
             }
             Some(Err(reason)) => errors.push(MarkError::UnreadableManifest {
                 repository: repo.name.clone(),
-                digest,
+                digest: *universe.digest(index),
                 reason: reason.clone(),
             }),
             None => errors.push(MarkError::UnreadableManifest {
                 repository: repo.name.clone(),
-                digest,
+                digest: *universe.digest(index),
                 reason: "it was not loaded".to_owned(),
             }),
         }
@@ -337,7 +453,17 @@ fn mark_repository(
             ));
         }
     }
-    marks
+    RepositoryMarks {
+        manifests: marks.manifests.into(),
+        layers: marks.layers.into(),
+    }
+}
+
+/// A repository's marks while they are being found.
+#[derive(Default)]
+struct Marking {
+    manifests: RoaringBitmap,
+    layers: RoaringBitmap,
 }
 
 #[cfg(test)]
@@ -360,7 +486,8 @@ mod tests {
             }],
             ..Inventory::default()
         };
-        let mut catalog: ManifestCatalog = [(0, Err("why".to_owned()))].into_iter().collect();
+        let mut catalog =
+            ManifestCatalog::of_parsed(&inventory.blobs, [(0, Err("why".to_owned()))]);
         if unread {
             catalog.unread.insert(0);
         }

@@ -82,7 +82,8 @@ pub enum Kind {
 pub enum Target {
     Blob(u32),
     Keys(Vec<String>),
-    Multipart(MultipartUpload),
+    /// Boxed: a plan holds millions of deletions, and this variant would double the size of each.
+    Multipart(Box<MultipartUpload>),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -378,7 +379,7 @@ fn plan_multipart_uploads(inventory: &Inventory, options: PlanOptions, plan: &mu
             plan.deletions.push(Deletion {
                 phase: Phase::Uploads,
                 kind: Kind::MultipartUpload,
-                target: Target::Multipart(upload.clone()),
+                target: Target::Multipart(Box::new(upload.clone())),
                 bytes: 0,
             });
         }
@@ -477,10 +478,12 @@ mod tests {
         }
 
         fn catalog(&self, inventory: &Inventory) -> ManifestCatalog {
-            self.manifests
-                .iter()
-                .map(|(digest, refs)| (inventory.blobs.index(digest).unwrap(), refs.clone()))
-                .collect()
+            ManifestCatalog::of_parsed(
+                &inventory.blobs,
+                self.manifests
+                    .iter()
+                    .map(|(digest, refs)| (inventory.blobs.index(digest).unwrap(), refs.clone())),
+            )
         }
 
         fn run(&self, delete_untagged: bool) -> Result<(Inventory, SweepPlan), Vec<MarkError>> {

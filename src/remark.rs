@@ -235,14 +235,21 @@ fn referrers(
     inventory: &Inventory,
     catalog: &ManifestCatalog,
 ) -> HashMap<Digest, Vec<Digest>> {
+    let universe = &inventory.blobs;
     let mut found: HashMap<Digest, Vec<Digest>> = HashMap::new();
     for revision in &repo.revisions {
-        if let Some(Ok(refs)) = inventory
-            .blobs
-            .index(&revision.digest)
-            .and_then(|i| catalog.get(&i))
-            && let Some(subject) = refs.subject
-        {
+        let Some(index) = universe.index(&revision.digest) else {
+            continue;
+        };
+        let subject = match catalog.get(&index) {
+            Some(Ok(refs)) if refs.is_complete() => refs.subject().map(|s| *universe.digest(s)),
+            Some(Ok(_)) => catalog
+                .full(index, universe)
+                .and_then(Result::ok)
+                .and_then(|refs| refs.subject),
+            _ => None,
+        };
+        if let Some(subject) = subject {
             found.entry(subject).or_default().push(revision.digest);
         }
     }
@@ -310,8 +317,8 @@ impl Closure<'_> {
             digest,
             reason,
         };
-        if let Some(known) = index.and_then(|i| self.catalog.get(&i)) {
-            return known.clone().map(Some).map_err(unusable);
+        if let Some(known) = index.and_then(|i| self.catalog.full(i, &self.inventory.blobs)) {
+            return known.map(Some).map_err(unusable);
         }
         if let Some(read) = self.read_since.get(&digest) {
             return Ok(read.clone());

@@ -6,7 +6,7 @@
 //! held as a sorted vector of 32-byte digests, so that the rest of the pipeline can name a blob by its
 //! index in that vector (see [`crate::mark::MarkSet`]).
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -27,61 +27,116 @@ pub enum ScanError {
 }
 
 /// Every sha256 blob in storage, sorted by digest. A blob is named elsewhere by its index here.
+///
+/// The universe is the largest structure of a run (one entry per blob; tens of millions on big
+/// registries), so an entry is 40 bytes: the digest, the size in 32 bits (larger blobs are rare and
+/// kept aside) and the modification time in whole seconds, rounded up so that a blob never looks
+/// older than it is (the grace period errs on the side of keeping).
 #[derive(Debug, Default)]
 pub struct BlobUniverse {
-    digests: Vec<Digest>,
-    sizes: Vec<u64>,
-    modified: Vec<SystemTime>,
+    entries: Vec<BlobEntry>,
+    /// Sizes of the blobs of 4 GiB or more.
+    large: HashMap<Digest, u64>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct BlobEntry {
+    digest: Digest,
+    /// The size, or [`LARGE`] when it is in [`BlobUniverse::large`].
+    size: u32,
+    /// Seconds since the epoch, rounded up.
+    modified: u32,
+}
+
+const LARGE: u32 = u32::MAX;
+
+/// Collects blobs in any order, then sorts them into a [`BlobUniverse`] in place (no second copy).
+#[derive(Debug, Default)]
+pub struct BlobUniverseBuilder {
+    universe: BlobUniverse,
+}
+
+impl BlobUniverseBuilder {
+    pub fn push(&mut self, digest: Digest, size: u64, modified: SystemTime) {
+        let size = match u32::try_from(size) {
+            Ok(size) if size != LARGE => size,
+            _ => {
+                self.universe.large.insert(digest, size);
+                LARGE
+            }
+        };
+        self.universe.entries.push(BlobEntry {
+            digest,
+            size,
+            modified: seconds_rounded_up(modified),
+        });
+    }
+
+    pub fn finish(mut self) -> BlobUniverse {
+        let entries = &mut self.universe.entries;
+        entries.sort_unstable_by_key(|e| e.digest);
+        entries.dedup_by_key(|e| e.digest);
+        entries.shrink_to_fit();
+        self.universe
+    }
+}
+
+/// `time` in whole seconds since the epoch, rounded up; times past 2106 saturate (and so always
+/// look young), times before 1970 are the epoch.
+fn seconds_rounded_up(time: SystemTime) -> u32 {
+    let since = time
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default();
+    let seconds = since.as_secs() + u64::from(since.subsec_nanos() > 0);
+    u32::try_from(seconds).unwrap_or(u32::MAX)
 }
 
 impl BlobUniverse {
     /// Builds the universe from `(digest, size, modified)` in any order.
-    pub fn new(mut blobs: Vec<(Digest, u64, SystemTime)>) -> BlobUniverse {
-        blobs.sort_unstable_by_key(|b| b.0);
-        blobs.dedup_by_key(|b| b.0);
-        let mut universe = BlobUniverse {
-            digests: Vec::with_capacity(blobs.len()),
-            sizes: Vec::with_capacity(blobs.len()),
-            modified: Vec::with_capacity(blobs.len()),
-        };
+    pub fn new(blobs: Vec<(Digest, u64, SystemTime)>) -> BlobUniverse {
+        let mut builder = BlobUniverseBuilder::default();
         for (digest, size, modified) in blobs {
-            universe.digests.push(digest);
-            universe.sizes.push(size);
-            universe.modified.push(modified);
+            builder.push(digest, size, modified);
         }
-        universe
+        builder.finish()
     }
 
     pub fn len(&self) -> usize {
-        self.digests.len()
+        self.entries.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.digests.is_empty()
+        self.entries.is_empty()
     }
 
     /// The index of a stored blob, or `None` when it is not in storage.
     pub fn index(&self, digest: &Digest) -> Option<u32> {
-        self.digests
-            .binary_search(digest)
+        self.entries
+            .binary_search_by(|e| e.digest.cmp(digest))
             .ok()
             .map(|i| u32::try_from(i).expect("more than 2^32 blobs"))
     }
 
     pub fn digest(&self, index: u32) -> &Digest {
-        &self.digests[index as usize]
+        &self.entries[index as usize].digest
     }
 
     pub fn size(&self, index: u32) -> u64 {
-        self.sizes[index as usize]
+        let entry = &self.entries[index as usize];
+        match entry.size {
+            LARGE => self.large[&entry.digest],
+            size => u64::from(size),
+        }
     }
 
+    /// When the blob was last modified, rounded up to the second.
     pub fn modified(&self, index: u32) -> SystemTime {
-        self.modified[index as usize]
+        SystemTime::UNIX_EPOCH
+            + std::time::Duration::from_secs(u64::from(self.entries[index as usize].modified))
     }
 
     pub fn total_bytes(&self) -> u64 {
-        self.sizes.iter().sum()
+        (0..self.entries.len() as u32).map(|i| self.size(i)).sum()
     }
 }
 
@@ -150,6 +205,20 @@ pub struct Repository {
     pub unknown: Vec<ObjectMeta>,
 }
 
+impl Repository {
+    /// Drops the spare capacity the listing left: an inventory holds every link of the registry.
+    fn shrink_to_fit(mut self) -> Repository {
+        self.layer_links.shrink_to_fit();
+        self.revisions.shrink_to_fit();
+        self.signatures.shrink_to_fit();
+        self.tags.shrink_to_fit();
+        for tag in &mut self.tags {
+            tag.index.shrink_to_fit();
+        }
+        self
+    }
+}
+
 /// The result of a scan.
 #[derive(Debug, Default)]
 pub struct Inventory {
@@ -195,39 +264,41 @@ pub async fn scan(storage: &Arc<dyn Storage>, concurrency: usize) -> Result<Inve
     )?;
     inventory.unknown.extend(blob_strays);
     inventory.unknown.extend(repository_strays);
-    let mut blobs = Vec::new();
+    let mut blobs = BlobUniverseBuilder::default();
     let mut repositories: BTreeMap<String, Repository> = BTreeMap::new();
     // Tag links refused by their listed size: never read into memory.
     let mut oversize_links = HashSet::new();
-    let mut listings = stream::iter(
+    // Each object is taken as its listing page arrives: no listing is held whole.
+    let mut objects = stream::iter(
         blob_prefixes
             .iter()
             .chain(&repository_prefixes)
-            .map(|prefix| storage.list(prefix).try_collect::<Vec<_>>()),
+            .map(|prefix| storage.list(prefix)),
     )
-    .buffer_unordered(concurrency.max(1));
-    while let Some(objects) = listings.try_next().await? {
-        for object in objects {
-            if object.key.starts_with(layout::BLOBS) {
-                match layout::parse_blob_key(&object.key) {
-                    BlobObject::Data(digest) => blobs.push((digest, object.size, object.modified)),
-                    BlobObject::DirMarker => inventory.markers.push(object),
-                    BlobObject::Unknown => inventory.unknown.push(object),
-                }
-            } else {
-                add_repository_object(
-                    &mut inventory,
-                    &mut repositories,
-                    &mut oversize_links,
-                    object,
-                );
+    .flatten_unordered(concurrency.max(1));
+    while let Some(object) = objects.try_next().await? {
+        if object.key.starts_with(layout::BLOBS) {
+            match layout::parse_blob_key(&object.key) {
+                BlobObject::Data(digest) => blobs.push(digest, object.size, object.modified),
+                BlobObject::DirMarker => inventory.markers.push(object),
+                BlobObject::Unknown => inventory.unknown.push(object),
             }
+        } else {
+            add_repository_object(
+                &mut inventory,
+                &mut repositories,
+                &mut oversize_links,
+                object,
+            );
         }
     }
-    drop(listings);
-    inventory.blobs = BlobUniverse::new(blobs);
+    drop(objects);
+    inventory.blobs = blobs.finish();
     inventory.multipart_uploads = storage.multipart_uploads(layout::REPOSITORIES).await?;
-    inventory.repositories = repositories.into_values().collect();
+    inventory.repositories = repositories
+        .into_values()
+        .map(Repository::shrink_to_fit)
+        .collect();
     read_tag_links(
         storage,
         &mut inventory.repositories,
@@ -249,16 +320,10 @@ pub async fn list_repositories(
     let mut scratch = Inventory::default();
     let mut repositories: BTreeMap<String, Repository> = BTreeMap::new();
     let mut oversize = HashSet::new();
-    let mut listings = stream::iter(
-        prefixes
-            .iter()
-            .map(|prefix| storage.list(prefix).try_collect::<Vec<_>>()),
-    )
-    .buffer_unordered(concurrency.max(1));
-    while let Some(objects) = listings.try_next().await? {
-        for object in objects {
-            add_repository_object(&mut scratch, &mut repositories, &mut oversize, object);
-        }
+    let mut objects = stream::iter(prefixes.iter().map(|prefix| storage.list(prefix)))
+        .flatten_unordered(concurrency.max(1));
+    while let Some(object) = objects.try_next().await? {
+        add_repository_object(&mut scratch, &mut repositories, &mut oversize, object);
     }
     Ok((repositories.into_values().collect(), oversize))
 }
