@@ -10,6 +10,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt, stream};
 use thiserror::Error;
 
@@ -29,8 +30,8 @@ pub enum ScanError {
 /// Every sha256 blob in storage, sorted by digest. A blob is named elsewhere by its index here.
 ///
 /// The universe is the largest structure of a run (one entry per blob; tens of millions on big
-/// registries), so an entry is 40 bytes: the digest, the size in 32 bits (larger blobs are rare and
-/// kept aside) and the modification time in whole seconds, rounded up so that a blob never looks
+/// registries), so an entry is 44 bytes: the digest, the size in 32 bits (larger blobs are rare and
+/// kept aside) and the modification time in milliseconds, rounded up so that a blob never looks
 /// older than it is (the grace period errs on the side of keeping).
 #[derive(Debug, Default)]
 pub struct BlobUniverse {
@@ -44,8 +45,9 @@ struct BlobEntry {
     digest: Digest,
     /// The size, or [`LARGE`] when it is in [`BlobUniverse::large`].
     size: u32,
-    /// Seconds since the epoch, rounded up.
-    modified: u32,
+    /// Milliseconds since the epoch, rounded up, in two halves (an alignment of 4 keeps the entry
+    /// at 44 bytes).
+    modified: [u32; 2],
 }
 
 const LARGE: u32 = u32::MAX;
@@ -68,7 +70,7 @@ impl BlobUniverseBuilder {
         self.universe.entries.push(BlobEntry {
             digest,
             size,
-            modified: seconds_rounded_up(modified),
+            modified: split(millis_rounded_up(modified)),
         });
     }
 
@@ -81,14 +83,21 @@ impl BlobUniverseBuilder {
     }
 }
 
-/// `time` in whole seconds since the epoch, rounded up; times past 2106 saturate (and so always
-/// look young), times before 1970 are the epoch.
-fn seconds_rounded_up(time: SystemTime) -> u32 {
+/// `time` in milliseconds since the epoch, rounded up; times before 1970 are the epoch.
+fn millis_rounded_up(time: SystemTime) -> u64 {
     let since = time
         .duration_since(SystemTime::UNIX_EPOCH)
         .unwrap_or_default();
-    let seconds = since.as_secs() + u64::from(since.subsec_nanos() > 0);
-    u32::try_from(seconds).unwrap_or(u32::MAX)
+    let millis = since.as_nanos().div_ceil(1_000_000);
+    u64::try_from(millis).unwrap_or(u64::MAX)
+}
+
+fn split(value: u64) -> [u32; 2] {
+    [(value >> 32) as u32, value as u32]
+}
+
+fn join([high, low]: [u32; 2]) -> u64 {
+    (u64::from(high) << 32) | u64::from(low)
 }
 
 impl BlobUniverse {
@@ -129,10 +138,10 @@ impl BlobUniverse {
         }
     }
 
-    /// When the blob was last modified, rounded up to the second.
+    /// When the blob was last modified, rounded up to the millisecond.
     pub fn modified(&self, index: u32) -> SystemTime {
         SystemTime::UNIX_EPOCH
-            + std::time::Duration::from_secs(u64::from(self.entries[index as usize].modified))
+            + std::time::Duration::from_millis(join(self.entries[index as usize].modified))
     }
 
     pub fn total_bytes(&self) -> u64 {
@@ -258,8 +267,14 @@ pub async fn scan(storage: &Arc<dyn Storage>, concurrency: usize) -> Result<Inve
     let mut inventory = Inventory::default();
     inventory.unknown.extend(top.objects);
 
+    let mut ranges = blob_ranges(storage);
+    let split = if ranges.is_some() {
+        None
+    } else {
+        Some(layout::SHA256_BLOBS)
+    };
     let ((blob_prefixes, blob_strays), (repository_prefixes, repository_strays)) = tokio::try_join!(
-        prefixes_to_list(storage, layout::BLOBS, Some(layout::SHA256_BLOBS)),
+        prefixes_to_list(storage, layout::BLOBS, split),
         prefixes_to_list(storage, layout::REPOSITORIES, None),
     )?;
     inventory.unknown.extend(blob_strays);
@@ -268,14 +283,15 @@ pub async fn scan(storage: &Arc<dyn Storage>, concurrency: usize) -> Result<Inve
     let mut repositories: BTreeMap<String, Repository> = BTreeMap::new();
     // Tag links refused by their listed size: never read into memory.
     let mut oversize_links = HashSet::new();
+    let mut listings: Vec<BoxStream<'static, Result<ObjectMeta, StorageError>>> = Vec::new();
+    for prefix in blob_prefixes.iter().chain(&repository_prefixes) {
+        match ranges.take_if(|_| prefix == layout::SHA256_BLOBS) {
+            Some(ranges) => listings.extend(ranges),
+            None => listings.push(storage.list(prefix)),
+        }
+    }
     // Each object is taken as its listing page arrives: no listing is held whole.
-    let mut objects = stream::iter(
-        blob_prefixes
-            .iter()
-            .chain(&repository_prefixes)
-            .map(|prefix| storage.list(prefix)),
-    )
-    .flatten_unordered(concurrency.max(1));
+    let mut objects = stream::iter(listings).flatten_unordered(concurrency.max(1));
     while let Some(object) = objects.try_next().await? {
         if object.key.starts_with(layout::BLOBS) {
             match layout::parse_blob_key(&object.key) {
@@ -326,6 +342,42 @@ pub async fn list_repositories(
         add_repository_object(&mut scratch, &mut repositories, &mut oversize, object);
     }
     Ok((repositories.into_values().collect(), oversize))
+}
+
+/// How many key ranges the sha256 blobs are listed in, where the backend can start a listing at a
+/// key: enough to keep several requests in flight, few enough that the page each range wastes at
+/// its end stays small beside the listing (256 shard listings would cost 256 requests even for a
+/// registry of a few blobs).
+const BLOB_RANGES: u16 = 16;
+
+/// The listings of [`layout::SHA256_BLOBS`] split into [`BLOB_RANGES`] key ranges, or `None` when
+/// the backend cannot start a listing at a key (then each of the 256 shards is listed).
+///
+/// Range `r` holds the keys after `…/sha256/<boundary r>` up to and including `…/sha256/<boundary
+/// r+1>`: the ranges partition the key space, so no key is listed twice or missed.
+fn blob_ranges(
+    storage: &Arc<dyn Storage>,
+) -> Option<Vec<BoxStream<'static, Result<ObjectMeta, StorageError>>>> {
+    let boundary = |r: u16| format!("{}{:02x}", layout::SHA256_BLOBS, r * 256 / BLOB_RANGES);
+    let mut ranges = Vec::with_capacity(usize::from(BLOB_RANGES));
+    for r in 0..BLOB_RANGES {
+        let listing = if r == 0 {
+            storage.list(layout::SHA256_BLOBS)
+        } else {
+            storage.list_after(layout::SHA256_BLOBS, &boundary(r))?
+        };
+        let listing = match (r + 1 < BLOB_RANGES).then(|| boundary(r + 1)) {
+            // The listing is dropped at the first key past the range: no further page is asked.
+            Some(end) => listing
+                .take_while(move |item| {
+                    std::future::ready(item.as_ref().map_or(true, |o| o.key <= end))
+                })
+                .boxed(),
+            None => listing,
+        };
+        ranges.push(listing);
+    }
+    Some(ranges)
 }
 
 /// The prefixes to list recursively below `parent` — its sub-prefixes, with `split` (if any) split

@@ -99,6 +99,22 @@ fn s3_collection_through_the_registry_config_keeps_exactly_the_live_set() {
         field_u64(&planned, "blobs_deleted", &dry),
         f.model.expected_garbage_blobs(true).len() as u64
     );
+    // The blobs are listed in 16 key ranges (S3 starts a listing at a key), not as 256 shards:
+    // on a registry this small, each range and each namespace is one page, plus seven fixed
+    // requests (two listing probes, the top levels, the multipart uploads).
+    let lists = field_u64(&planned["requests"], "list", &dry);
+    let namespaces: BTreeSet<&str> = f
+        .model
+        .repos
+        .iter()
+        .map(|r| r.split('/').next().unwrap())
+        .collect();
+    let bound = 16 + namespaces.len() as u64 + 7;
+    assert!(
+        lists <= bound,
+        "{lists} listings (at most {bound} expected)\n{}",
+        dry.describe()
+    );
 
     // The real run goes through a proxy that throttles every 4th request (503 SlowDown): retries
     // carry it through, and it deletes what the dry run planned.

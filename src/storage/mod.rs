@@ -125,6 +125,18 @@ pub trait Storage: fmt::Debug + fmt::Display + Send + Sync + 'static {
     /// order. A prefix that does not exist yields nothing. An error ends the stream.
     fn list(&self, prefix: &str) -> BoxStream<'static, Result<ObjectMeta, StorageError>>;
 
+    /// Like [`Storage::list`], but only the keys after `start_after` (in byte order), or `None`
+    /// when the backend cannot start a listing there without reading everything before (then a
+    /// listing is split by prefix instead). Lets a flat listing be split into key ranges listed
+    /// concurrently, each paying at most one page more than its share.
+    fn list_after(
+        &self,
+        _prefix: &str,
+        _start_after: &str,
+    ) -> Option<BoxStream<'static, Result<ObjectMeta, StorageError>>> {
+        None
+    }
+
     /// The objects and sub-prefixes directly below `prefix` (which ends in `/`).
     fn list_dir(&self, prefix: &str) -> BoxFuture<'_, Result<Listing, StorageError>>;
 

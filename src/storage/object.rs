@@ -331,6 +331,32 @@ impl Storage for ObjectStorage {
             .boxed()
     }
 
+    fn list_after(
+        &self,
+        prefix: &str,
+        start_after: &str,
+    ) -> Option<BoxStream<'static, Result<ObjectMeta, StorageError>>> {
+        // S3 starts a listing at a key (`start-after`); object_store emulates it elsewhere by
+        // listing everything before and dropping it.
+        self.multipart.as_ref()?;
+        let paths = self.path(prefix).and_then(|p| Ok((p, self.path(start_after)?)));
+        let (path, offset) = match paths {
+            Ok(paths) => paths,
+            Err(e) => return Some(stream::once(async { Err(e) }).boxed()),
+        };
+        let root = self.root.clone();
+        let prefix = prefix.to_owned();
+        Some(
+            self.store
+                .list_with_offset(Some(&path), &offset)
+                .map(move |item| {
+                    item.map(|meta| Self::meta(&root, meta))
+                        .map_err(|e| error(&prefix, e))
+                })
+                .boxed(),
+        )
+    }
+
     fn list_dir(&self, prefix: &str) -> BoxFuture<'_, Result<Listing, StorageError>> {
         let prefix = prefix.to_owned();
         Box::pin(async move {
