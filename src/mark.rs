@@ -469,7 +469,60 @@ struct Marking {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::manifest::ManifestKind;
     use crate::scan::Link;
+
+    #[test]
+    fn refs_keep_the_references_in_storage_and_say_when_some_were_not() {
+        let d = |n: u8| Digest::from_bytes([n; 32]);
+        let universe = BlobUniverse::new(
+            [1, 2, 3, 4]
+                .map(|n| (d(n), 1, SystemTime::UNIX_EPOCH))
+                .to_vec(),
+        );
+        let full = ManifestRefs {
+            kind: ManifestKind::OciImageIndex,
+            manifests: vec![d(2), d(9)],
+            blobs: vec![d(3), d(4)],
+            subject: Some(d(1)),
+        };
+        let refs = Refs::new(&full, &universe);
+        assert_eq!(refs.manifests(), [1]);
+        assert_eq!(refs.blobs(), [2, 3]);
+        assert_eq!(refs.subject(), Some(0));
+        assert!(!refs.is_complete(), "d(9) is not in storage");
+
+        let whole = ManifestRefs {
+            manifests: vec![],
+            subject: None,
+            ..full.clone()
+        };
+        let refs = Refs::new(&whole, &universe);
+        assert!(refs.is_complete());
+        assert_eq!(
+            (refs.manifests(), refs.blobs(), refs.subject()),
+            (&[][..], &[2, 3][..], None)
+        );
+
+        // The catalog gives the re-mark the whole references of an incomplete manifest.
+        let catalog =
+            ManifestCatalog::of_parsed(&universe, [(1, Ok(full.clone())), (0, Ok(whole))]);
+        assert_eq!(catalog.full(1, &universe), Some(Ok(full)));
+        assert_eq!(
+            catalog.full(0, &universe).unwrap().unwrap().blobs,
+            [d(3), d(4)]
+        );
+        assert_eq!(catalog.full(2, &universe), None);
+    }
+
+    #[test]
+    fn index_sets_answer_membership() {
+        let bitmap: RoaringBitmap = [7, 3, 1 << 20].into_iter().collect();
+        let set = IndexSet::from(bitmap);
+        assert!(set.contains(3) && set.contains(7) && set.contains(1 << 20));
+        assert!(!set.contains(4));
+        assert_eq!(set.iter().collect::<Vec<_>>(), [3, 7, 1 << 20]);
+    }
 
     /// One repository with one untagged revision whose manifest could not be used.
     fn untagged_unusable(unread: bool) -> Result<MarkSet, Vec<MarkError>> {

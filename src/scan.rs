@@ -1,10 +1,12 @@
 //! Scan: one pass over the storage that builds the [`Inventory`] the mark and the plan work from.
 //!
-//! Blob shards (`blobs/sha256/00` … `ff`) and top-level repository namespaces are listed concurrently,
-//! each as one streaming recursive listing. Links under `_layers` and `_manifests/revisions` are never
-//! read: their digest is in the key. Only tag `current/link` files are read, concurrently. Blobs are
-//! held as a sorted vector of 32-byte digests, so that the rest of the pipeline can name a blob by its
-//! index in that vector (see [`crate::mark::MarkSet`]).
+//! Blobs and top-level repository namespaces are listed concurrently, each as one streaming
+//! recursive listing whose objects are taken as the pages arrive. Blobs are listed as 16 key ranges
+//! where the backend can start a listing at a key (S3: 16 requests beyond the pages themselves),
+//! else as the 256 shards `blobs/sha256/00` … `ff` (filesystems, Azure). Links under `_layers` and
+//! `_manifests/revisions` are never read: their digest is in the key. Only tag `current/link` files
+//! are read, concurrently. Blobs are held as a sorted vector of 44-byte entries, so that the rest of
+//! the pipeline can name a blob by its index in that vector (see [`crate::mark::MarkSet`]).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -556,6 +558,28 @@ mod tests {
         let path = root.join(key);
         fs::create_dir_all(path.parent().unwrap()).unwrap();
         fs::write(path, content).unwrap();
+    }
+
+    #[test]
+    fn the_universe_keeps_large_sizes_and_never_makes_a_blob_older() {
+        let early =
+            SystemTime::UNIX_EPOCH + std::time::Duration::from_nanos(1_700_000_000_000_000_001);
+        let big = Digest::from_bytes([2; 32]);
+        let small = Digest::from_bytes([1; 32]);
+        let universe = BlobUniverse::new(vec![
+            (big, 5 << 30, early),
+            (small, 7, SystemTime::UNIX_EPOCH),
+            (big, 5 << 30, early),
+        ]);
+        assert_eq!(universe.len(), 2);
+        assert_eq!(universe.index(&small), Some(0));
+        assert_eq!(universe.size(1), 5 << 30);
+        assert_eq!(universe.size(0), 7);
+        assert_eq!(universe.total_bytes(), (5 << 30) + 7);
+        // Rounded up to the millisecond: never before the time listed.
+        assert!(universe.modified(1) >= early);
+        assert!(universe.modified(1) < early + std::time::Duration::from_millis(1));
+        assert_eq!(universe.modified(0), SystemTime::UNIX_EPOCH);
     }
 
     #[tokio::test]

@@ -339,7 +339,9 @@ impl Storage for ObjectStorage {
         // S3 starts a listing at a key (`start-after`); object_store emulates it elsewhere by
         // listing everything before and dropping it.
         self.multipart.as_ref()?;
-        let paths = self.path(prefix).and_then(|p| Ok((p, self.path(start_after)?)));
+        let paths = self
+            .path(prefix)
+            .and_then(|p| Ok((p, self.path(start_after)?)));
         let (path, offset) = match paths {
             Ok(paths) => paths,
             Err(e) => return Some(stream::once(async { Err(e) }).boxed()),
