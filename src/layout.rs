@@ -333,6 +333,28 @@ pub fn is_valid_tag(tag: &str) -> bool {
         && bytes.iter().all(|&b| word(b) || b == b'.' || b == b'-')
 }
 
+/// The one file the registry keeps in a leaf directory of the layout — `data` in a blob's
+/// directory, `link` in a `_layers`, tag `current` or tag index directory — or `None` for any
+/// other directory (revision directories included: they may hold pre-2.5 `signatures/`).
+///
+/// These directories are most of a registry, and a lister may stat their file instead of reading
+/// the directory: one system call instead of five. Anything else in such a directory is then not
+/// seen; regsweep never deletes what it has not seen, and a directory that is not empty stays.
+pub fn leaf_file(dir_key: &str) -> Option<&'static str> {
+    if dir_key.starts_with(SHA256_BLOBS) {
+        let key = format!("{dir_key}data");
+        return matches!(parse_blob_key(&key), BlobObject::Data(_)).then_some("data");
+    }
+    let key = format!("{dir_key}link");
+    matches!(
+        parse_repository_key(&key).object,
+        RepositoryObject::LayerLink(_)
+            | RepositoryObject::TagCurrent { .. }
+            | RepositoryObject::TagIndex { .. }
+    )
+    .then_some("link")
+}
+
 /// The directories that may be left empty once `key` is deleted: its ancestors, deepest first,
 /// stopping before the anchors the registry expects to exist.
 pub fn removable_parents(key: &str) -> impl Iterator<Item = &str> {
@@ -346,6 +368,29 @@ pub fn removable_parents(key: &str) -> impl Iterator<Item = &str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn leaf_directories_name_their_one_file() {
+        let d = Digest::from_bytes([0xab; 32]);
+        let dir = |key: String| key.rsplit_once('/').unwrap().0.to_owned() + "/";
+        assert_eq!(leaf_file(&dir(blob_data(&d))), Some("data"));
+        assert_eq!(leaf_file(&dir(layer_link("a/b", &d))), Some("link"));
+        assert_eq!(leaf_file(&dir(tag_current_link("a", "v1"))), Some("link"));
+        assert_eq!(leaf_file(&dir(tag_index_link("a", "v1", &d))), Some("link"));
+        // Revisions may hold legacy signatures: read whole.
+        assert_eq!(leaf_file(&dir(revision_link("a", &d))), None);
+        for other in [
+            SHA256_BLOBS.to_owned(),
+            blob_shard(0xab),
+            format!("{SHA256_BLOBS}ab/{}/", "z".repeat(64)),
+            format!("{SHA256_BLOBS}cd/{}/", d.hex()), // shard does not match the digest
+            repository("a") + "_layers/sha256/",
+            repository("a") + "_manifests/tags/v1/",
+            repository("a") + "_uploads/u/",
+        ] {
+            assert_eq!(leaf_file(&other), None, "{other}");
+        }
+    }
 
     const HEX: &str = "a3ed95caeb02ffe68cdd9fd84406680ae93d633cb16422d00e8a7c22955b46d4";
     const HEX2: &str = "0000000000000000000000000000000000000000000000000000000000000001";

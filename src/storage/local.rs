@@ -18,6 +18,7 @@ use tokio::sync::mpsc;
 
 use super::requests::{RequestCounter, RequestKind};
 use super::{Listing, ObjectMeta, PutCondition, Storage, StorageError, Version};
+use crate::layout;
 
 /// Objects sent through the listing channel at a time: amortises the hand-off between threads.
 const LIST_CHUNK: usize = 512;
@@ -149,6 +150,29 @@ fn read_dir(
     Ok(out)
 }
 
+/// A directory met in a walk: the one file of a leaf directory, or a directory to read.
+enum Leaf {
+    File(ObjectMeta),
+    Read(String),
+}
+
+/// Stats the file of a leaf directory ([`layout::leaf_file`]) rather than reading the directory;
+/// a leaf directory without its file (empty, or holding something else) is read.
+fn leaf(root: &Path, dir_key: String, counter: &RequestCounter) -> Result<Leaf, StorageError> {
+    let Some(file) = layout::leaf_file(&dir_key) else {
+        return Ok(Leaf::Read(dir_key));
+    };
+    let key = format!("{dir_key}{file}");
+    counter.add(RequestKind::Head, 1);
+    match fs::symlink_metadata(root.join(&key)) {
+        Ok(meta) if meta.file_type().is_symlink() => Err(StorageError::Symlink { key }),
+        Ok(meta) if meta.is_file() => Ok(Leaf::File(object_meta(key, &meta)?)),
+        Ok(_) => Err(not_a_file(key)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Leaf::Read(dir_key)),
+        Err(e) => Err(io_error(&key, e)),
+    }
+}
+
 /// Walks `prefix` depth-first, sending objects (and empty directories, `prefix` included, as `…/`
 /// keys) in chunks.
 fn walk(
@@ -187,7 +211,14 @@ fn walk(
         for entry in entries {
             match entry {
                 Entry::File(meta) => chunk.push(meta),
-                Entry::Dir(key) => pending.push(key),
+                Entry::Dir(key) => match leaf(root, key, counter) {
+                    Ok(Leaf::File(meta)) => chunk.push(meta),
+                    Ok(Leaf::Read(key)) => pending.push(key),
+                    Err(e) => {
+                        let _ = tx.blocking_send(Err(e));
+                        return;
+                    }
+                },
             }
         }
         if chunk.len() >= LIST_CHUNK {
