@@ -1,16 +1,18 @@
 //! Hot paths of a collection over a large registry: decoding keys and links, parsing manifests,
-//! searching the blob universe, and the mark set.
+//! searching the blob universe, the mark set, and marking and planning a whole registry.
 
 use std::hint::black_box;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use roaring::RoaringBitmap;
 
 use regsweep::digest::Digest;
 use regsweep::layout;
-use regsweep::manifest::parse_manifest;
-use regsweep::scan::BlobUniverse;
+use regsweep::manifest::{ManifestKind, ManifestRefs, parse_manifest};
+use regsweep::mark::{ManifestCatalog, MarkOptions, mark};
+use regsweep::plan::{PlanOptions, plan};
+use regsweep::scan::{BlobUniverse, Inventory, Link, Repository, Tag, TagCurrent};
 
 /// Deterministic, well-spread digests (splitmix64).
 fn digests(n: usize) -> Vec<Digest> {
@@ -97,5 +99,111 @@ fn universe_and_mark_set(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, keys_and_links, manifests, universe_and_mark_set);
+/// A registry of `images` images (a manifest, a config and three layers each, in repositories of
+/// 20 images) in which every fifth image is untagged, plus `images` orphan blobs: `6 * images`
+/// blobs in all, everything two hours old.
+fn registry(images: usize) -> (Inventory, ManifestCatalog) {
+    let old = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+    let all = digests(6 * images);
+    let link = |digest: Digest| Link {
+        digest,
+        modified: old,
+    };
+    let mut repositories = Vec::new();
+    let mut refs = Vec::new();
+    for (i, image) in all[..5 * images].chunks_exact(5).enumerate() {
+        if i % 20 == 0 {
+            repositories.push(Repository {
+                name: format!("team{:03}/app{i:07}", i % 1000),
+                ..Repository::default()
+            });
+        }
+        let repo = repositories.last_mut().expect("a repository");
+        let (manifest, blobs) = (image[0], &image[1..]);
+        repo.revisions.push(link(manifest));
+        repo.layer_links.extend(blobs.iter().map(|&b| link(b)));
+        if i % 5 != 4 {
+            repo.tags.push(Tag {
+                name: format!("v{i:07}"),
+                current: Some(TagCurrent {
+                    target: Ok(manifest),
+                    modified: old,
+                }),
+                index: vec![link(manifest)],
+            });
+        }
+        refs.push((
+            manifest,
+            ManifestRefs {
+                kind: ManifestKind::OciImageManifest,
+                manifests: Vec::new(),
+                blobs: blobs.to_vec(),
+                subject: None,
+            },
+        ));
+    }
+    for repo in &mut repositories {
+        repo.revisions.sort_by_key(|l| l.digest);
+        repo.layer_links.sort_by_key(|l| l.digest);
+    }
+    repositories.sort_by(|a, b| a.name.cmp(&b.name));
+    let inventory = Inventory {
+        blobs: BlobUniverse::new(all.iter().map(|d| (*d, 1000, old)).collect()),
+        repositories,
+        ..Inventory::default()
+    };
+    let catalog = refs
+        .into_iter()
+        .map(|(digest, refs)| (inventory.blobs.index(&digest).expect("a blob"), Ok(refs)))
+        .collect();
+    (inventory, catalog)
+}
+
+/// Marking and planning (pure, no I/O) of a registry of 120,000 blobs, with and without
+/// `--delete-untagged`.
+fn mark_and_plan(c: &mut Criterion) {
+    let (inventory, catalog) = registry(20_000);
+    let cutoff = SystemTime::UNIX_EPOCH + Duration::from_secs(2_000_000);
+    let options = PlanOptions {
+        cutoff,
+        upload_cutoff: cutoff,
+    };
+    let mut group = c.benchmark_group("plan/120k_blobs");
+    group.sample_size(20);
+    for (name, delete_untagged) in [("plain", false), ("delete_untagged", true)] {
+        let marks = mark(
+            &inventory,
+            &catalog,
+            MarkOptions {
+                delete_untagged,
+                cutoff,
+            },
+        )
+        .expect("a clean registry marks");
+        group.bench_function(format!("mark/{name}"), |b| {
+            b.iter(|| {
+                mark(
+                    black_box(&inventory),
+                    &catalog,
+                    MarkOptions {
+                        delete_untagged,
+                        cutoff,
+                    },
+                )
+            })
+        });
+        group.bench_function(format!("plan/{name}"), |b| {
+            b.iter(|| plan(black_box(&inventory), &marks, options).deletions.len())
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(
+    benches,
+    keys_and_links,
+    manifests,
+    universe_and_mark_set,
+    mark_and_plan
+);
 criterion_main!(benches);
