@@ -152,10 +152,11 @@ fn registry(images: usize) -> (Inventory, ManifestCatalog) {
         repositories,
         ..Inventory::default()
     };
-    let catalog = refs
-        .into_iter()
-        .map(|(digest, refs)| (inventory.blobs.index(&digest).expect("a blob"), Ok(refs)))
-        .collect();
+    let catalog = ManifestCatalog::of_parsed(
+        &inventory.blobs,
+        refs.into_iter()
+            .map(|(digest, refs)| (inventory.blobs.index(&digest).expect("a blob"), Ok(refs))),
+    );
     (inventory, catalog)
 }
 
