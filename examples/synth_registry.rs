@@ -679,9 +679,17 @@ fn write_fs(args: &Args, out: &Path) -> Result<Truth, String> {
             v2.display()
         ));
     }
-    let mtime = SystemTime::now()
-        .checked_sub(Duration::from_secs_f64(args.age_days * 86_400.0))
-        .ok_or("--age-days reaches before the epoch")?;
+    // With --age-days 0 the files keep the time they are written at.
+    let mtime = if args.age_days > 0.0 {
+        let age = Duration::from_secs_f64(args.age_days * 86_400.0);
+        Some(
+            SystemTime::now()
+                .checked_sub(age)
+                .ok_or("--age-days reaches before the epoch")?,
+        )
+    } else {
+        None
+    };
     let writers = args
         .concurrency
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()) * 4);
@@ -740,19 +748,23 @@ fn write_fs(args: &Args, out: &Path) -> Result<Truth, String> {
     Ok(truth)
 }
 
-/// Writes one file, creating its directory only when the first attempt finds it missing.
-fn write_file(path: &Path, data: &[u8], mtime: SystemTime) -> io::Result<()> {
-    let mut file = match File::create(path) {
-        Ok(file) => file,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            let parent = path.parent().unwrap_or(Path::new("."));
-            fs::create_dir_all(parent)?;
-            File::create(path)?
-        }
+/// Writes one file. Every file of the layout is alone in its directory (`<hex>/data`,
+/// `<hex>/link`, `current/link`), so the directory is created first, and its parents only when
+/// that finds them missing.
+fn write_file(path: &Path, data: &[u8], mtime: Option<SystemTime>) -> io::Result<()> {
+    let parent = path.parent().unwrap_or(Path::new("."));
+    match fs::create_dir(parent) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => fs::create_dir_all(parent)?,
         Err(e) => return Err(e),
-    };
+    }
+    let mut file = File::create(path)?;
     file.write_all(data)?;
-    file.set_modified(mtime)
+    match mtime {
+        Some(mtime) => file.set_modified(mtime),
+        None => Ok(()),
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
