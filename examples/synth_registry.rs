@@ -22,7 +22,7 @@ use std::collections::HashSet;
 use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -698,11 +698,10 @@ fn write_fs(args: &Args, out: &Path) -> Result<Truth, String> {
     let rx = Arc::new(Mutex::new(rx));
     let failed = AtomicBool::new(false);
     let first_error: Mutex<Option<String>> = Mutex::new(None);
-    let written = AtomicU64::new(0);
     let truth = std::thread::scope(|scope| {
         for _ in 0..writers {
             let rx = Arc::clone(&rx);
-            let (out, failed, first_error, written) = (&out, &failed, &first_error, &written);
+            let (out, failed, first_error) = (&out, &failed, &first_error);
             scope.spawn(move || {
                 loop {
                     let batch = match rx.lock().expect("queue lock").recv() {
@@ -723,7 +722,6 @@ fn write_fs(args: &Args, out: &Path) -> Result<Truth, String> {
                             break;
                         }
                     }
-                    written.fetch_add(batch.len() as u64, Ordering::Relaxed);
                 }
             });
         }
