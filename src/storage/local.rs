@@ -22,6 +22,8 @@ use crate::layout;
 
 /// Objects sent through the listing channel at a time: amortises the hand-off between threads.
 const LIST_CHUNK: usize = 512;
+/// Chunks a walk may get ahead of its consumer.
+const LIST_CHANNEL: usize = 4;
 
 /// A registry root directory on a local or mounted filesystem.
 #[derive(Debug, Clone)]
@@ -342,14 +344,20 @@ fn rename_file(root: &Path, from: &str, to: &str) -> Result<u64, StorageError> {
 
 impl Storage for LocalStorage {
     fn list(&self, prefix: &str) -> BoxStream<'static, Result<ObjectMeta, StorageError>> {
-        let (tx, rx) = mpsc::channel(8);
         let root = Arc::clone(&self.root);
         let prefix = prefix.to_owned();
         let counter = self.counter.clone();
-        tokio::task::spawn_blocking(move || walk(&root, &prefix, &counter, &tx));
-        stream::unfold(rx, |mut rx| async move {
-            rx.recv().await.map(|chunk| (chunk, rx))
+        // The walk starts when the listing is first polled, not when it is made: a caller may
+        // make hundreds of listings and poll a few at a time, and each walk holds a thread and
+        // fills its channel.
+        stream::once(async move {
+            let (tx, rx) = mpsc::channel(LIST_CHANNEL);
+            tokio::task::spawn_blocking(move || walk(&root, &prefix, &counter, &tx));
+            stream::unfold(rx, |mut rx| async move {
+                rx.recv().await.map(|chunk| (chunk, rx))
+            })
         })
+        .flatten()
         .flat_map(|chunk| {
             let items: Vec<Result<ObjectMeta, StorageError>> = match chunk {
                 Ok(objects) => objects.into_iter().map(Ok).collect(),
