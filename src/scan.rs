@@ -377,9 +377,34 @@ fn blob_ranges(
                 .boxed(),
             None => listing,
         };
-        ranges.push(listing);
+        ranges.push(in_order(listing));
     }
     Some(ranges)
+}
+
+/// Fails a ranged listing whose keys do not come in strictly increasing order: a range stops at
+/// its first key past its end, and a blob it missed would make a manifest look absent (its tag
+/// broken, its layers garbage). A tripwire behind [`Storage::list_after`]'s contract.
+fn in_order(
+    listing: BoxStream<'static, Result<ObjectMeta, StorageError>>,
+) -> BoxStream<'static, Result<ObjectMeta, StorageError>> {
+    let mut last: Option<String> = None;
+    listing
+        .map(move |item| {
+            let object = item?;
+            if let Some(previous) = last.as_deref().filter(|p| *p >= object.key.as_str()) {
+                return Err(StorageError::ListFailed {
+                    key: object.key,
+                    reason: format!(
+                        "listed after {previous}: the listing is not in order, so it cannot be \
+                         split into key ranges"
+                    ),
+                });
+            }
+            last = Some(object.key.clone());
+            Ok(object)
+        })
+        .boxed()
 }
 
 /// The prefixes to list recursively below `parent` — its sub-prefixes, with `split` (if any) split
@@ -558,6 +583,22 @@ mod tests {
         let path = root.join(key);
         fs::create_dir_all(path.parent().unwrap()).unwrap();
         fs::write(path, content).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_ranged_listing_out_of_order_fails() {
+        let meta = |key: &str| {
+            Ok(ObjectMeta {
+                key: key.to_owned(),
+                size: 0,
+                modified: SystemTime::UNIX_EPOCH,
+            })
+        };
+        let sorted = in_order(stream::iter([meta("a"), meta("b"), meta("c")]).boxed());
+        assert_eq!(sorted.try_collect::<Vec<_>>().await.unwrap().len(), 3);
+        let unsorted = in_order(stream::iter([meta("a"), meta("c"), meta("b")]).boxed());
+        let error = unsorted.try_collect::<Vec<_>>().await.unwrap_err();
+        assert!(error.to_string().contains("b: listed after c"), "{error}");
     }
 
     #[test]

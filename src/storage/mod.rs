@@ -125,10 +125,11 @@ pub trait Storage: fmt::Debug + fmt::Display + Send + Sync + 'static {
     /// order. A prefix that does not exist yields nothing. An error ends the stream.
     fn list(&self, prefix: &str) -> BoxStream<'static, Result<ObjectMeta, StorageError>>;
 
-    /// Like [`Storage::list`], but only the keys after `start_after` (in byte order), or `None`
-    /// when the backend cannot start a listing there without reading everything before (then a
-    /// listing is split by prefix instead). Lets a flat listing be split into key ranges listed
-    /// concurrently, each paying at most one page more than its share.
+    /// Like [`Storage::list`], but only the keys after `start_after`, **in byte order**, or `None`
+    /// when the backend cannot start a listing there, or does not list in order (then a listing is
+    /// split by prefix instead). Lets a flat listing be split into key ranges listed concurrently,
+    /// each stopped at its first key past its end: an unordered listing would silently lose keys,
+    /// so a backend returns `Some` only when its order is guaranteed.
     fn list_after(
         &self,
         _prefix: &str,

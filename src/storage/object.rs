@@ -54,6 +54,10 @@ pub struct ObjectStorage {
     delete_batch: usize,
     /// S3 only: what listing and aborting multipart uploads needs.
     multipart: Option<S3Multipart>,
+    /// The store starts a listing at a key and lists in byte order (S3 general-purpose buckets;
+    /// not S3 Express directory buckets, which list unordered and which object_store then lists
+    /// whole and filters).
+    lists_in_order_from_key: bool,
 }
 
 /// S3's multipart-upload API, which `ObjectStore` does not cover.
@@ -81,6 +85,7 @@ impl ObjectStorage {
             url,
             delete_batch,
             multipart: None,
+            lists_in_order_from_key: false,
         }
     }
 
@@ -159,6 +164,10 @@ impl ObjectStorage {
         }
         .connect(&options)
         .map_err(failed)?;
+        let express = config.bucket.ends_with("--x-s3")
+            || builder
+                .get_config_value(&AmazonS3ConfigKey::S3Express)
+                .is_some_and(|v| v.eq_ignore_ascii_case("true"));
         let s3 = Arc::new(builder.build().map_err(failed)?);
         let mut storage = Self::new(
             Arc::clone(&s3) as Arc<dyn ObjectStore>,
@@ -172,6 +181,7 @@ impl ObjectStorage {
             bucket_url,
             region,
         });
+        storage.lists_in_order_from_key = !express;
         Ok(storage)
     }
 
@@ -336,9 +346,11 @@ impl Storage for ObjectStorage {
         prefix: &str,
         start_after: &str,
     ) -> Option<BoxStream<'static, Result<ObjectMeta, StorageError>>> {
-        // S3 starts a listing at a key (`start-after`); object_store emulates it elsewhere by
-        // listing everything before and dropping it.
-        self.multipart.as_ref()?;
+        // S3 starts a listing at a key (`start-after`) and lists in byte order; object_store
+        // emulates it elsewhere by listing everything and dropping what comes before.
+        if !self.lists_in_order_from_key {
+            return None;
+        }
         let paths = self
             .path(prefix)
             .and_then(|p| Ok((p, self.path(start_after)?)));
