@@ -138,6 +138,16 @@ impl ManifestCatalog {
         self.manifests.insert(index, refs);
     }
 
+    /// The subject (OCI referrers) a manifest names, in storage or not; `None` when it names none
+    /// or could not be used.
+    pub fn subject(&self, index: u32, universe: &BlobUniverse) -> Option<Digest> {
+        match self.manifests.get(&index)? {
+            Ok(refs) if refs.is_complete() => refs.subject().map(|s| *universe.digest(s)),
+            Ok(_) => self.incomplete.get(&index)?.subject,
+            Err(_) => None,
+        }
+    }
+
     /// A manifest's whole references, digests of blobs not in storage included.
     pub fn full(
         &self,
@@ -276,10 +286,10 @@ pub async fn load_manifests(
             }))
             .buffer_unordered(concurrency.max(1));
         while let Some((index, refs)) = loaded.next().await {
-            if let Ok(refs) = &refs {
-                wanted.extend(refs.manifests.iter().filter_map(|d| universe.index(d)));
-            }
             catalog.insert(index, refs, universe);
+            if let Some(Ok(refs)) = catalog.manifests.get(&index) {
+                wanted.extend(refs.manifests());
+            }
         }
     }
     catalog
@@ -513,6 +523,8 @@ mod tests {
             [d(3), d(4)]
         );
         assert_eq!(catalog.full(2, &universe), None);
+        assert_eq!(catalog.subject(1, &universe), Some(d(1)));
+        assert_eq!(catalog.subject(0, &universe), None);
     }
 
     #[test]

@@ -241,15 +241,7 @@ fn referrers(
         let Some(index) = universe.index(&revision.digest) else {
             continue;
         };
-        let subject = match catalog.get(&index) {
-            Some(Ok(refs)) if refs.is_complete() => refs.subject().map(|s| *universe.digest(s)),
-            Some(Ok(_)) => catalog
-                .full(index, universe)
-                .and_then(Result::ok)
-                .and_then(|refs| refs.subject),
-            _ => None,
-        };
-        if let Some(subject) = subject {
+        if let Some(subject) = catalog.subject(index, universe) {
             found.entry(subject).or_default().push(revision.digest);
         }
     }

@@ -278,6 +278,22 @@ impl ObjectStorage {
         location.strip_prefix(root).unwrap_or(location).to_owned()
     }
 
+    /// An object_store listing of `prefix` as registry objects.
+    fn objects(
+        &self,
+        prefix: &str,
+        listing: BoxStream<'static, object_store::Result<object_store::ObjectMeta>>,
+    ) -> BoxStream<'static, Result<ObjectMeta, StorageError>> {
+        let root = self.root.clone();
+        let prefix = prefix.to_owned();
+        listing
+            .map(move |item| {
+                item.map(|meta| Self::meta(&root, meta))
+                    .map_err(|e| error(&prefix, e))
+            })
+            .boxed()
+    }
+
     fn meta(root: &str, meta: object_store::ObjectMeta) -> ObjectMeta {
         ObjectMeta {
             key: Self::key_of(root, &meta.location),
@@ -326,19 +342,10 @@ impl fmt::Display for ObjectStorage {
 
 impl Storage for ObjectStorage {
     fn list(&self, prefix: &str) -> BoxStream<'static, Result<ObjectMeta, StorageError>> {
-        let path = match self.path(prefix) {
-            Ok(path) => path,
-            Err(e) => return stream::once(async { Err(e) }).boxed(),
-        };
-        let root = self.root.clone();
-        let prefix = prefix.to_owned();
-        self.store
-            .list(Some(&path))
-            .map(move |item| {
-                item.map(|meta| Self::meta(&root, meta))
-                    .map_err(|e| error(&prefix, e))
-            })
-            .boxed()
+        match self.path(prefix) {
+            Ok(path) => self.objects(prefix, self.store.list(Some(&path))),
+            Err(e) => stream::once(async { Err(e) }).boxed(),
+        }
     }
 
     fn list_after(
@@ -354,21 +361,12 @@ impl Storage for ObjectStorage {
         let paths = self
             .path(prefix)
             .and_then(|p| Ok((p, self.path(start_after)?)));
-        let (path, offset) = match paths {
-            Ok(paths) => paths,
-            Err(e) => return Some(stream::once(async { Err(e) }).boxed()),
-        };
-        let root = self.root.clone();
-        let prefix = prefix.to_owned();
-        Some(
-            self.store
-                .list_with_offset(Some(&path), &offset)
-                .map(move |item| {
-                    item.map(|meta| Self::meta(&root, meta))
-                        .map_err(|e| error(&prefix, e))
-                })
-                .boxed(),
-        )
+        Some(match paths {
+            Ok((path, offset)) => {
+                self.objects(prefix, self.store.list_with_offset(Some(&path), &offset))
+            }
+            Err(e) => stream::once(async { Err(e) }).boxed(),
+        })
     }
 
     fn list_dir(&self, prefix: &str) -> BoxFuture<'_, Result<Listing, StorageError>> {
