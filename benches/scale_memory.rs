@@ -302,6 +302,16 @@ impl Storage for SyntheticRegistry {
         Box::pin(async move { content.ok_or(StorageError::NotFound { key }) })
     }
 
+    fn head(&self, key: &str) -> BoxFuture<'_, Result<Option<ObjectMeta>, StorageError>> {
+        let stored = match layout::parse_blob_key(key) {
+            layout::BlobObject::Data(d) if index_of(&d) < self.shape.blobs => self
+                .meta(key.to_owned(), self.blob_size(index_of(&d)))
+                .map(Some),
+            _ => Ok(None),
+        };
+        Box::pin(async move { stored })
+    }
+
     fn get_versioned(&self, key: &str) -> BoxFuture<'_, Result<(Vec<u8>, Version), StorageError>> {
         unsupported(key)
     }

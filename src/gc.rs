@@ -12,6 +12,7 @@ use serde::Serialize;
 use thiserror::Error;
 use tracing::info;
 
+use crate::absence::{self, AbsenceError};
 use crate::mark::{self, ManifestCatalog, MarkError, MarkOptions, MarkSet};
 use crate::plan::{self, Kind, Phase, PlanOptions, SweepPlan};
 use crate::quarantine::Quarantine;
@@ -46,6 +47,8 @@ pub struct GcOptions {
 pub enum GcError {
     #[error(transparent)]
     Scan(#[from] ScanError),
+    #[error(transparent)]
+    Absence(#[from] AbsenceError),
     #[error("refusing to delete anything:\n  {}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n  "))]
     FailClosed(Vec<MarkError>),
 }
@@ -97,6 +100,11 @@ impl Collection {
         );
 
         let catalog = mark::load_manifests(&storage, &inventory, concurrency).await;
+        let looked_up = absence::confirm(&storage, &inventory, &catalog, now, concurrency).await?;
+        info!(
+            blobs = looked_up,
+            "confirmed absent what the listing did not return"
+        );
         let mark_options = MarkOptions {
             delete_untagged: options.delete_untagged,
             cutoff: before(now, options.min_age),

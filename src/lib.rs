@@ -7,6 +7,7 @@
 //! - [`layout`]: every path format of the storage, in one place;
 //! - [`scan`]: one concurrent listing into an [`scan::Inventory`];
 //! - [`manifest`] and [`mark`]: what is live, as a compact bitmap over the blobs;
+//! - [`absence`]: a referenced blob the listing did not return is confirmed gone before the mark;
 //! - [`plan`]: what goes, in a crash-safe order — pure, so a dry run is exact;
 //! - [`remark`]: just before the sweep, what pushes made live since the scan is spared;
 //! - [`sweep`]: batched, concurrent deletion;
@@ -17,6 +18,7 @@
 //! [`gc::Collection`] runs them in order. Around a run: [`lock`], the run lock in the storage that
 //! keeps two runs from sweeping at once, and [`run_id`], the ID that names a run.
 
+pub mod absence;
 pub mod config;
 pub mod digest;
 pub mod gc;

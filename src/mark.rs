@@ -170,6 +170,11 @@ impl ManifestCatalog {
         }))
     }
 
+    /// The whole references of the manifests that reference blobs not in storage.
+    pub fn incomplete(&self) -> impl Iterator<Item = (u32, &ManifestRefs)> {
+        self.incomplete.iter().map(|(&index, refs)| (index, refs))
+    }
+
     pub fn len(&self) -> usize {
         self.manifests.len()
     }

@@ -625,6 +625,21 @@ fn s3_faults_are_retried_or_refused_by_name() {
         assert_eq!(keys(), before, "a refused run deleted objects");
     }
 
+    // A listing that misses a stored manifest (of tag app:v1, older than the run): its tag would
+    // look broken and its layers unreferenced. The lookup of what the listing did not return finds
+    // it: refused by name, nothing deleted.
+    let proxy = FaultProxy::hide_listed(&upstream, &format!("{}/data", hex_of(&tagged)));
+    let run = through(&proxy);
+    assert_refused_run(
+        &run,
+        &[
+            &format!("blob {tagged} (tag app:"),
+            "the listing did not return it",
+        ],
+    );
+    assert!(proxy.injected() > 0, "no listing page lost the manifest");
+    assert_eq!(keys(), before, "a refused run deleted objects");
+
     // A storage that answers 503 to its first 6 requests (its first request, sent alone, is thus
     // retried 6 times): the run collects exactly the garbage; every tag pulls from the restarted
     // registry. (Ten retries of one request within three minutes is the budget: a storage that

@@ -88,6 +88,10 @@ impl Storage for HangAfterDeletes {
         self.inner.get(key)
     }
 
+    fn head(&self, key: &str) -> BoxFuture<'_, Result<Option<ObjectMeta>, StorageError>> {
+        self.inner.head(key)
+    }
+
     fn get_versioned(&self, key: &str) -> BoxFuture<'_, Result<(Vec<u8>, Version), StorageError>> {
         self.inner.get_versioned(key)
     }

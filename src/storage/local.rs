@@ -391,6 +391,17 @@ impl Storage for LocalStorage {
         Box::pin(blocking(move || read_file(&path, &key)))
     }
 
+    fn head(&self, key: &str) -> BoxFuture<'_, Result<Option<ObjectMeta>, StorageError>> {
+        let path = self.path(key);
+        let key = key.to_owned();
+        self.counter.add(RequestKind::Head, 1);
+        Box::pin(blocking(move || match fs::symlink_metadata(&path) {
+            Ok(meta) => object_meta(key, &meta).map(Some),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io_error(&key, e)),
+        }))
+    }
+
     fn get_versioned(&self, key: &str) -> BoxFuture<'_, Result<(Vec<u8>, Version), StorageError>> {
         let path = self.path(key);
         let key = key.to_owned();

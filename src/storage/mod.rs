@@ -144,6 +144,10 @@ pub trait Storage: fmt::Debug + fmt::Display + Send + Sync + 'static {
     /// The whole content of one object.
     fn get(&self, key: &str) -> BoxFuture<'_, Result<Vec<u8>, StorageError>>;
 
+    /// What is stored under `key` (a HEAD request; on a filesystem, a symlink or a special file is
+    /// stored too, described without being followed). `None` only when nothing is there.
+    fn head(&self, key: &str) -> BoxFuture<'_, Result<Option<ObjectMeta>, StorageError>>;
+
     /// The whole content of one object and its version, for a later conditional [`Storage::put`].
     fn get_versioned(&self, key: &str) -> BoxFuture<'_, Result<(Vec<u8>, Version), StorageError>>;
 

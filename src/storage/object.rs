@@ -403,6 +403,18 @@ impl Storage for ObjectStorage {
         })
     }
 
+    fn head(&self, key: &str) -> BoxFuture<'_, Result<Option<ObjectMeta>, StorageError>> {
+        let key = key.to_owned();
+        Box::pin(async move {
+            let path = self.path(&key)?;
+            match self.store.head(&path).await {
+                Ok(meta) => Ok(Some(Self::meta(&self.root, meta))),
+                Err(object_store::Error::NotFound { .. }) => Ok(None),
+                Err(e) => Err(error(&key, e)),
+            }
+        })
+    }
+
     fn get_versioned(&self, key: &str) -> BoxFuture<'_, Result<(Vec<u8>, Version), StorageError>> {
         let key = key.to_owned();
         Box::pin(async move {

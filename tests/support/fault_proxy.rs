@@ -3,6 +3,10 @@
 //! client that does not retry fails, one that does succeeds) or, in the other modes, every request
 //! that contains a given text with `403 Access Denied` or `503 Slow Down` (a permanent failure).
 //!
+//! Or it answers truthfully but leaves out of every listing page (ListObjectsV2) the objects whose
+//! key contains a given text, and dates them in 2020 when asked about them (HEAD): a storage whose
+//! listings miss objects that have been there for long.
+//!
 //! One request per connection: the proxy asks upstream to close after its answer and relays
 //! bytes until EOF, which keeps it free of HTTP body framing.
 
@@ -21,6 +25,7 @@ enum Rule {
     ThrottleFirst { n: u64 },
     Deny { needle: Vec<u8> },
     SlowDownAlways { needle: Vec<u8> },
+    HideListed { needle: Vec<u8> },
 }
 
 const ACCESS_DENIED: &str = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>AccessDenied\
@@ -60,6 +65,18 @@ impl FaultProxy {
         FaultProxy::spawn(
             upstream,
             Rule::Deny {
+                needle: needle.as_bytes().to_vec(),
+            },
+        )
+    }
+
+    /// Proxies to `upstream`, leaving out of every listing the objects whose key contains `needle`
+    /// (each page that loses one counts as injected); HEAD and GET still find them, and HEAD says
+    /// they were last modified in 2020.
+    pub fn hide_listed(upstream: &str, needle: &str) -> FaultProxy {
+        FaultProxy::spawn(
+            upstream,
+            Rule::HideListed {
                 needle: needle.as_bytes().to_vec(),
             },
         )
@@ -168,6 +185,7 @@ fn handle(
         Rule::SlowDownAlways { needle } => {
             contains(&request, needle).then_some(("503 Slow Down", SLOW_DOWN))
         }
+        Rule::HideListed { .. } => None,
     };
     if let Some((status, body)) = fault {
         injected.fetch_add(1, Ordering::Relaxed);
@@ -196,6 +214,69 @@ fn handle(
     server.write_all(&request[head_end + 4..])?;
     let mut response = Vec::new();
     server.read_to_end(&mut response)?;
+    if let Rule::HideListed { needle } = rule {
+        let request_line = head.lines().next().unwrap_or_default();
+        if request_line.contains("list-type=2")
+            && let Some(filtered) = without_listed(&response, needle)
+        {
+            injected.fetch_add(1, Ordering::Relaxed);
+            response = filtered;
+        } else if request_line.starts_with("HEAD ") && contains(request_line.as_bytes(), needle) {
+            response = dated_2020(&response);
+        }
+    }
     client.write_all(&response)?;
     client.shutdown(Shutdown::Both)
+}
+
+/// `response` (a whole HTTP response to a HEAD) with its `Last-Modified` in 2020.
+fn dated_2020(response: &[u8]) -> Vec<u8> {
+    let text = String::from_utf8_lossy(response);
+    text.split("\r\n")
+        .map(|line| {
+            if line.to_ascii_lowercase().starts_with("last-modified:") {
+                "Last-Modified: Wed, 01 Jan 2020 00:00:00 GMT"
+            } else {
+                line
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\r\n")
+        .into_bytes()
+}
+
+/// `response` (a whole HTTP response with a `Content-Length` body) without the `<Contents>`
+/// elements that contain `needle`, or `None` when it has none.
+fn without_listed(response: &[u8], needle: &[u8]) -> Option<Vec<u8>> {
+    let text = String::from_utf8(response.to_vec()).ok()?;
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    let needle = std::str::from_utf8(needle).ok()?;
+    let mut kept = String::with_capacity(body.len());
+    let mut rest = body;
+    let mut hidden = false;
+    while let Some(start) = rest.find("<Contents>") {
+        let end = start + rest[start..].find("</Contents>")? + "</Contents>".len();
+        kept.push_str(&rest[..start]);
+        if rest[start..end].contains(needle) {
+            hidden = true;
+        } else {
+            kept.push_str(&rest[start..end]);
+        }
+        rest = &rest[end..];
+    }
+    kept.push_str(rest);
+    if !hidden {
+        return None;
+    }
+    let head: Vec<String> = head
+        .split("\r\n")
+        .map(|line| {
+            if line.to_ascii_lowercase().starts_with("content-length:") {
+                format!("Content-Length: {}", kept.len())
+            } else {
+                line.to_owned()
+            }
+        })
+        .collect();
+    Some(format!("{}\r\n\r\n{kept}", head.join("\r\n")).into_bytes())
 }
