@@ -141,7 +141,7 @@ impl Collection {
     pub fn plan_entries(&self) -> impl Iterator<Item = PlanEntry> + '_ {
         self.plan.deletions.iter().flat_map(|deletion| {
             deletion
-                .keys(&self.inventory.blobs)
+                .keys(&self.inventory)
                 .into_iter()
                 .enumerate()
                 .map(|(i, key)| PlanEntry {
@@ -193,13 +193,12 @@ impl Collection {
             let outcome = sweep::sweep(
                 &self.storage,
                 &self.plan,
-                &self.inventory.blobs,
+                &self.inventory,
                 self.options.concurrency,
                 &halt,
                 quarantine.as_ref(),
             )
             .await;
-            let universe = &self.inventory.blobs;
             for (deletion, _) in self
                 .plan
                 .deletions
@@ -207,7 +206,7 @@ impl Collection {
                 .zip(&outcome.done)
                 .filter(|(_, done)| **done)
             {
-                summary.count_deletion(deletion, deletion.keys(universe).len());
+                summary.count_deletion(deletion, deletion.keys(&self.inventory).len());
             }
             summary.deleted = Deleted::of_sweep(&self.plan, &outcome.done, &self.inventory);
             // A repository any of whose deletions failed is still there.
@@ -246,7 +245,7 @@ impl Collection {
             self.options.concurrency.max(1),
         )
         .await?;
-        let spared = self.plan.spare(&self.inventory.blobs, &reprieve);
+        let spared = self.plan.spare(&self.inventory, &reprieve);
         if spared > 0 {
             info!(
                 spared,

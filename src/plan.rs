@@ -81,6 +81,13 @@ pub enum Kind {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Target {
     Blob(u32),
+    /// A `_layers` link, by its repository's index in the inventory and its own in the
+    /// repository's `layer_links`: a plan can hold millions, and a key string each would make
+    /// them the largest part of it.
+    LayerLink {
+        repository: u32,
+        link: u32,
+    },
     Keys(Vec<String>),
     /// Boxed: a plan holds millions of deletions, and this variant would double the size of each.
     Multipart(Box<MultipartUpload>),
@@ -97,13 +104,47 @@ pub struct Deletion {
 
 impl Deletion {
     /// The storage keys this deletion removes.
-    pub fn keys(&self, universe: &BlobUniverse) -> Vec<String> {
+    pub fn keys(&self, inventory: &Inventory) -> Vec<String> {
         match &self.target {
-            Target::Blob(index) => vec![layout::blob_data(universe.digest(*index))],
+            Target::Blob(index) => vec![layout::blob_data(inventory.blobs.digest(*index))],
+            &Target::LayerLink { repository, link } => {
+                let (name, digest) = layer_link(inventory, repository, link);
+                vec![layout::layer_link(name, digest)]
+            }
             Target::Keys(keys) => keys.clone(),
             Target::Multipart(upload) => vec![upload.key.clone()],
         }
     }
+
+    /// The repository and the blob of a revision or layer link deletion.
+    pub fn link(&self, inventory: &Inventory) -> Option<(String, Digest)> {
+        let key = match &self.target {
+            &Target::LayerLink { repository, link } => {
+                let (name, digest) = layer_link(inventory, repository, link);
+                return Some((name.to_owned(), *digest));
+            }
+            Target::Keys(keys) if matches!(self.kind, Kind::Manifest | Kind::LayerLink) => {
+                layout::parse_repository_key(keys.first()?)
+            }
+            _ => return None,
+        };
+        match (key.repository, key.object) {
+            (
+                Some(name),
+                RepositoryObject::RevisionLink(digest) | RepositoryObject::LayerLink(digest),
+            ) => Some((name.to_owned(), digest)),
+            _ => None,
+        }
+    }
+}
+
+/// The repository name and blob of layer link `link` of repository `repository`.
+fn layer_link(inventory: &Inventory, repository: u32, link: u32) -> (&str, &Digest) {
+    let repository = &inventory.repositories[repository as usize];
+    (
+        &repository.name,
+        &repository.layer_links[link as usize].digest,
+    )
 }
 
 /// Grace periods, as instants: what was modified after them stays.
@@ -144,10 +185,11 @@ pub struct Reprieve {
 
 impl SweepPlan {
     /// Drops every deletion that would touch what `reprieve` keeps; returns how many went.
-    pub fn spare(&mut self, universe: &BlobUniverse, reprieve: &Reprieve) -> usize {
+    /// `inventory` is the one the plan was made from.
+    pub fn spare(&mut self, inventory: &Inventory, reprieve: &Reprieve) -> usize {
         let before = self.deletions.len();
         self.deletions
-            .retain(|deletion| !deletion.is_reprieved(universe, reprieve));
+            .retain(|deletion| !deletion.is_reprieved(inventory, reprieve));
         self.repositories_deleted
             .retain(|name| !reprieve.repositories.contains(name));
         before - self.deletions.len()
@@ -155,9 +197,13 @@ impl SweepPlan {
 }
 
 impl Deletion {
-    fn is_reprieved(&self, universe: &BlobUniverse, reprieve: &Reprieve) -> bool {
+    fn is_reprieved(&self, inventory: &Inventory, reprieve: &Reprieve) -> bool {
         let keys = match &self.target {
-            Target::Blob(index) => return reprieve.blobs.contains(universe.digest(*index)),
+            Target::Blob(index) => return reprieve.blobs.contains(inventory.blobs.digest(*index)),
+            &Target::LayerLink { repository, link } => {
+                let (name, digest) = layer_link(inventory, repository, link);
+                return reprieve.links.contains(&(name.to_owned(), *digest));
+            }
             Target::Multipart(upload) => return busy(&upload.key, reprieve),
             Target::Keys(keys) => keys,
         };
@@ -198,8 +244,21 @@ fn busy(key: &str, reprieve: &Reprieve) -> bool {
 pub fn plan(inventory: &Inventory, marks: &MarkSet, options: PlanOptions) -> SweepPlan {
     let old = |modified: SystemTime| modified <= options.cutoff;
     let mut plan = SweepPlan::default();
-    for (repo, repo_marks) in inventory.repositories.iter().zip(&marks.repositories) {
-        plan_repository(repo, repo_marks, &inventory.blobs, options, &mut plan);
+    for (index, (repo, repo_marks)) in inventory
+        .repositories
+        .iter()
+        .zip(&marks.repositories)
+        .enumerate()
+    {
+        let index = u32::try_from(index).expect("fewer than 2^32 repositories");
+        plan_repository(
+            index,
+            repo,
+            repo_marks,
+            &inventory.blobs,
+            options,
+            &mut plan,
+        );
     }
     let universe = &inventory.blobs;
     for index in 0..u32::try_from(universe.len()).expect("more than 2^32 blobs") {
@@ -224,6 +283,7 @@ pub fn plan(inventory: &Inventory, marks: &MarkSet, options: PlanOptions) -> Swe
 }
 
 fn plan_repository(
+    repository: u32,
     repo: &Repository,
     marks: &RepositoryMarks,
     universe: &BlobUniverse,
@@ -314,15 +374,22 @@ fn plan_repository(
 
     // Layer links: stay while a live manifest of this repository references the blob (or it is a
     // live manifest itself, as some clients fetch manifests through the blob endpoint).
-    for link in &repo.layer_links {
+    for (index, link) in repo.layer_links.iter().enumerate() {
         let referenced = universe
             .index(&link.digest)
             .is_some_and(|i| marks.layers.contains(i) || marks.manifests.contains(i));
         if referenced || !old(link.modified) {
             kept_anything = true;
         } else {
-            let key = layout::layer_link(name, &link.digest);
-            deletions.push(keys(Kind::LayerLink, Phase::LayerLinks, vec![key]));
+            deletions.push(Deletion {
+                phase: Phase::LayerLinks,
+                kind: Kind::LayerLink,
+                target: Target::LayerLink {
+                    repository,
+                    link: u32::try_from(index).expect("fewer than 2^32 links"),
+                },
+                bytes: 0,
+            });
         }
     }
 
@@ -365,15 +432,8 @@ fn plan_multipart_uploads(inventory: &Inventory, options: PlanOptions, plan: &mu
         // The upload's own files tell its last activity (each PATCH writes them); the multipart
         // upload's start time only says when it began.
         let files = inventory
-            .repositories
-            .binary_search_by(|r| r.name.as_str().cmp(name))
-            .ok()
-            .and_then(|r| {
-                inventory.repositories[r]
-                    .uploads
-                    .iter()
-                    .find(|u| u.id == id)
-            });
+            .repository(name)
+            .and_then(|r| r.uploads.iter().find(|u| u.id == id));
         let last_activity = files.map_or(upload.initiated, |files| files.last_activity());
         if options.upload_is_stale(last_activity) {
             plan.deletions.push(Deletion {
@@ -531,7 +591,7 @@ mod tests {
     fn deleted(inventory: &Inventory, plan: &SweepPlan) -> BTreeSet<String> {
         plan.deletions
             .iter()
-            .flat_map(|del| del.keys(&inventory.blobs))
+            .flat_map(|del| del.keys(inventory))
             .collect()
     }
 
@@ -540,7 +600,7 @@ mod tests {
             .iter()
             .filter_map(|del| match del.target {
                 Target::Blob(i) => Some(*inventory.blobs.digest(i)),
-                Target::Keys(_) | Target::Multipart(_) => None,
+                _ => None,
             })
             .collect()
     }
@@ -638,7 +698,7 @@ mod tests {
             ]),
             repositories: HashSet::from(["old".to_owned()]),
         };
-        let spared = plan.spare(&inventory.blobs, &reprieve);
+        let spared = plan.spare(&inventory, &reprieve);
         let after = deleted(&inventory, &plan);
         let spared_keys: BTreeSet<String> = before.difference(&after).cloned().collect();
         assert_eq!(

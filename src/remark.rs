@@ -108,11 +108,7 @@ async fn read_changed_tag_links(
 ) -> Result<(), StorageError> {
     let mut changed: Vec<Repository> = Vec::new();
     for repo in repositories.iter_mut() {
-        let before = inventory
-            .repositories
-            .binary_search_by(|r| r.name.as_str().cmp(&repo.name))
-            .ok()
-            .map(|i| &inventory.repositories[i]);
+        let before = inventory.repository(&repo.name);
         let mut unread = Vec::new();
         for tag in &mut repo.tags {
             let Some(current) = tag.current.as_mut() else {
@@ -413,7 +409,7 @@ mod tests {
         let reprieve = remark(&storage, &inventory, &marks, &catalog, options, 4)
             .await
             .unwrap();
-        let spared = plan.spare(&inventory.blobs, &reprieve);
+        let spared = plan.spare(&inventory, &reprieve);
         (inventory, plan, spared)
     }
 

@@ -130,7 +130,7 @@ impl Summary {
     /// Counts a whole plan, as a dry run reports it.
     pub fn count_plan(&mut self, plan: &SweepPlan, inventory: &Inventory) {
         for deletion in &plan.deletions {
-            self.count_deletion(deletion, deletion.keys(&inventory.blobs).len());
+            self.count_deletion(deletion, deletion.keys(inventory).len());
         }
         self.repositories_deleted = count(plan.repositories_deleted.len());
     }

@@ -23,7 +23,7 @@ use url::Url;
 use tracing::info;
 
 use crate::digest::Digest;
-use crate::layout::{self, RepositoryObject};
+use crate::layout;
 use crate::plan::{Kind, SweepPlan, Target};
 use crate::report::Summary;
 use crate::scan::Inventory;
@@ -145,25 +145,15 @@ impl Deleted {
         let done = done.iter().copied().chain(std::iter::repeat(false));
         for (deletion, done) in plan.deletions.iter().zip(done) {
             if !done {
-                undone.extend(deletion.keys(universe));
+                undone.extend(deletion.keys(inventory));
                 continue;
             }
             match (deletion.kind, &deletion.target) {
                 (Kind::Blob, Target::Blob(index)) => {
                     deleted.blobs.insert(*universe.digest(*index));
                 }
-                (Kind::Manifest | Kind::LayerLink, Target::Keys(keys)) => {
-                    for key in keys {
-                        let parsed = layout::parse_repository_key(key);
-                        if let (
-                            Some(name),
-                            RepositoryObject::LayerLink(digest)
-                            | RepositoryObject::RevisionLink(digest),
-                        ) = (parsed.repository, parsed.object)
-                        {
-                            deleted.links.insert((name.to_owned(), digest));
-                        }
-                    }
+                (Kind::Manifest | Kind::LayerLink, _) => {
+                    deleted.links.extend(deletion.link(inventory));
                 }
                 _ => {}
             }

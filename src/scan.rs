@@ -244,6 +244,16 @@ pub struct Inventory {
     pub multipart_uploads: Vec<MultipartUpload>,
 }
 
+impl Inventory {
+    /// The repository named `name`.
+    pub fn repository(&self, name: &str) -> Option<&Repository> {
+        self.repositories
+            .binary_search_by(|r| r.name.as_str().cmp(name))
+            .ok()
+            .map(|i| &self.repositories[i])
+    }
+}
+
 /// Checks, before regsweep writes anything (its run lock), that `storage` holds a registry whose
 /// listings can be trusted: a mistyped root must not receive a lock, let alone a sweep.
 pub async fn check_registry(storage: &Arc<dyn Storage>) -> Result<(), ScanError> {

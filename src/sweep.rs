@@ -16,10 +16,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use futures::{StreamExt, stream};
 
 use crate::digest::Digest;
-use crate::layout::{self, RepositoryObject};
-use crate::plan::{Deletion, Kind, Phase, SweepPlan, Target};
+use crate::layout;
+use crate::plan::{Deletion, Phase, SweepPlan, Target};
 use crate::quarantine::Quarantine;
-use crate::scan::BlobUniverse;
+use crate::scan::Inventory;
 use crate::storage::Storage;
 
 /// What a sweep did.
@@ -36,7 +36,7 @@ pub struct SweepOutcome {
 pub async fn sweep(
     storage: &Arc<dyn Storage>,
     plan: &SweepPlan,
-    universe: &BlobUniverse,
+    inventory: &Inventory,
     concurrency: usize,
     halt: &AtomicBool,
     quarantine: Option<&Quarantine>,
@@ -58,8 +58,8 @@ pub async fn sweep(
                 .count();
         let runnable: Vec<usize> = (start..end)
             .filter(|&i| match plan.deletions[i].target {
-                Target::Blob(index) => !still_linked.contains(universe.digest(index)),
-                Target::Keys(_) | Target::Multipart(_) => true,
+                Target::Blob(index) => !still_linked.contains(inventory.blobs.digest(index)),
+                Target::LayerLink { .. } | Target::Keys(_) | Target::Multipart(_) => true,
             })
             .collect();
         let mut batches = stream::iter(runnable.chunks(batch).map(|chunk| async move {
@@ -70,7 +70,7 @@ pub async fn sweep(
                     ..BatchResult::default()
                 }
             } else {
-                delete_batch(storage, chunk, &plan.deletions, universe, quarantine).await
+                delete_batch(storage, chunk, &plan.deletions, inventory, quarantine).await
             }
         }))
         .buffer_unordered(concurrency.max(1));
@@ -82,7 +82,7 @@ pub async fn sweep(
                     None => outcome.done[i] = true,
                     Some(message) => {
                         outcome.errors.push(message);
-                        if let Some(digest) = linked_blob(&plan.deletions[i]) {
+                        if let Some((_, digest)) = plan.deletions[i].link(inventory) {
                             still_linked.insert(digest);
                         }
                     }
@@ -100,22 +100,6 @@ pub async fn sweep(
     outcome
 }
 
-/// The blob a manifest or layer link deletion refers to.
-fn linked_blob(deletion: &Deletion) -> Option<Digest> {
-    let Target::Keys(keys) = &deletion.target else {
-        return None;
-    };
-    if !matches!(deletion.kind, Kind::Manifest | Kind::LayerLink) {
-        return None;
-    }
-    match layout::parse_repository_key(keys.first()?).object {
-        RepositoryObject::RevisionLink(digest) | RepositoryObject::LayerLink(digest) => {
-            Some(digest)
-        }
-        _ => None,
-    }
-}
-
 #[derive(Default)]
 struct BatchResult {
     /// Deletions not attempted because the run was halted.
@@ -130,7 +114,7 @@ async fn delete_batch(
     storage: &Arc<dyn Storage>,
     chunk: &[usize],
     deletions: &[Deletion],
-    universe: &BlobUniverse,
+    inventory: &Inventory,
     quarantine: Option<&Quarantine>,
 ) -> BatchResult {
     let mut owners = Vec::new();
@@ -145,7 +129,7 @@ async fn delete_batch(
             ));
             continue;
         }
-        for key in deletions[i].keys(universe) {
+        for key in deletions[i].keys(inventory) {
             owners.push(i);
             keys.push(key);
         }
