@@ -90,9 +90,10 @@ pub struct RestoreArgs {
     #[arg(short = 'd', long)]
     pub dry_run: bool,
 
-    /// Storage requests in flight at once.
-    #[arg(long, value_name = "N", default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..))]
-    pub concurrency: u16,
+    /// Storage requests in flight at once [default: 32 on object stores; 4 per CPU, from 4 to 64,
+    /// on a filesystem].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    pub concurrency: Option<u16>,
 
     /// Output: a text summary, or one JSON object on stdout (logs stay on stderr).
     #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
@@ -132,9 +133,10 @@ pub struct PurgeArgs {
     #[arg(short = 'd', long)]
     pub dry_run: bool,
 
-    /// Storage requests in flight at once.
-    #[arg(long, value_name = "N", default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..))]
-    pub concurrency: u16,
+    /// Storage requests in flight at once [default: 32 on object stores; 4 per CPU, from 4 to 64,
+    /// on a filesystem].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    pub concurrency: Option<u16>,
 
     /// Output: a text summary, or one JSON object on stdout (logs stay on stderr).
     #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
@@ -174,9 +176,10 @@ pub struct GcArgs {
     #[arg(long, value_name = "DURATION", default_value = "168h", value_parser = parse_duration)]
     pub upload_max_age: Duration,
 
-    /// Storage requests in flight at once.
-    #[arg(long, value_name = "N", default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..))]
-    pub concurrency: u16,
+    /// Storage requests in flight at once [default: 32 on object stores; 4 per CPU, from 4 to 64,
+    /// on a filesystem].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    pub concurrency: Option<u16>,
 
     /// Output: a text summary, or one JSON object on stdout (logs stay on stderr).
     #[arg(long, value_enum, default_value_t = OutputFormat::Text)]

@@ -70,6 +70,11 @@ fn init_logging(format: LogFormat, quiet: bool) {
     }
 }
 
+/// `--concurrency`, or what the backend serves best.
+fn concurrency(flag: Option<u16>, storage: &Arc<dyn Storage>) -> usize {
+    flag.map_or_else(|| storage.default_concurrency(), usize::from)
+}
+
 fn storage_config(args: &GcArgs) -> Result<StorageConfig> {
     location_config(&args.config, &args.storage)
 }
@@ -185,7 +190,7 @@ async fn collect(
         delete_untagged: args.delete_untagged,
         min_age: args.min_age,
         upload_max_age: args.upload_max_age,
-        concurrency: usize::from(args.concurrency),
+        concurrency: concurrency(args.concurrency, &storage),
         pause_before_sweep: std::env::var_os(PAUSE_BEFORE_SWEEP_ENV).map(PathBuf::from),
         quarantine: args.quarantine.then(|| run.clone()),
     };
@@ -314,7 +319,7 @@ async fn restore(args: RestoreArgs, quiet: bool) -> Result<ExitCode> {
     let options = RestoreOptions {
         run: args.run,
         dry_run: args.dry_run,
-        concurrency: usize::from(args.concurrency),
+        concurrency: concurrency(args.concurrency, &storage),
     };
     let lock = locked(&storage, "restore", args.dry_run, &args.lock).await?;
     let restored = quarantine::restore(Arc::clone(&storage), options).await;
@@ -331,7 +336,7 @@ async fn purge(args: PurgeArgs, quiet: bool) -> Result<ExitCode> {
         older_than: args.older_than,
         run: args.run,
         dry_run: args.dry_run,
-        concurrency: usize::from(args.concurrency),
+        concurrency: concurrency(args.concurrency, &storage),
         now: std::time::SystemTime::now(),
     };
     let lock = locked(&storage, "purge", args.dry_run, &args.lock).await?;

@@ -136,6 +136,10 @@ impl Storage for HangAfterDeletes {
         self.inner.delete_batch_size()
     }
 
+    fn default_concurrency(&self) -> usize {
+        self.inner.default_concurrency()
+    }
+
     fn remove_empty_dirs(&self, dirs: Vec<String>) -> BoxFuture<'_, Result<u64, StorageError>> {
         self.inner.remove_empty_dirs(dirs)
     }

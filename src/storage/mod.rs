@@ -173,6 +173,12 @@ pub trait Storage: fmt::Debug + fmt::Display + Send + Sync + 'static {
     /// How many keys one `delete` call should carry.
     fn delete_batch_size(&self) -> usize;
 
+    /// How many requests to keep in flight when the operator does not say (`--concurrency`). Object
+    /// stores are bound by each request's latency, so they get many; a filesystem by its CPUs.
+    fn default_concurrency(&self) -> usize {
+        32
+    }
+
     /// Removes those of `dirs` (each ending in `/`) that are empty, children before parents, and
     /// returns how many went. Object stores have no directories: nothing to do.
     fn remove_empty_dirs(&self, _dirs: Vec<String>) -> BoxFuture<'_, Result<u64, StorageError>> {
