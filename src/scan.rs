@@ -439,6 +439,16 @@ async fn prefixes_to_list(
     Ok((prefixes, strays))
 }
 
+/// Pushes with a quarter of spare room instead of doubling: the layer links of every repository are
+/// held at once during the scan (about one per blob), and doubling would leave up to half of each
+/// vector spare until its repository is complete.
+fn push_sparingly<T>(items: &mut Vec<T>, item: T) {
+    if items.len() == items.capacity() {
+        items.reserve_exact((items.len() / 4).max(4));
+    }
+    items.push(item);
+}
+
 fn add_repository_object(
     inventory: &mut Inventory,
     repositories: &mut BTreeMap<String, Repository>,
@@ -453,16 +463,19 @@ fn add_repository_object(
         }
         return;
     };
-    let repository = repositories
-        .entry(name.to_owned())
-        .or_insert_with(|| Repository {
+    // Looked up before inserting: an owned key per object would be one allocation per object.
+    if !repositories.contains_key(name) {
+        let repository = Repository {
             name: name.to_owned(),
             ..Repository::default()
-        });
+        };
+        repositories.insert(name.to_owned(), repository);
+    }
+    let repository = repositories.get_mut(name).expect("inserted above");
     let modified = object.modified;
     match parsed.object {
         RepositoryObject::LayerLink(digest) => {
-            repository.layer_links.push(Link { digest, modified })
+            push_sparingly(&mut repository.layer_links, Link { digest, modified })
         }
         RepositoryObject::RevisionLink(digest) => {
             repository.revisions.push(Link { digest, modified })
