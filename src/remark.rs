@@ -27,6 +27,7 @@ use crate::manifest::{ManifestRefs, parse_manifest};
 use crate::mark::{MAX_MANIFEST_BYTES, ManifestCatalog, MarkOptions, MarkSet, RepositoryMarks};
 use crate::plan::Reprieve;
 use crate::scan::{self, Inventory, Link, Repository, ScanError};
+use crate::select::Released;
 use crate::storage::{Storage, StorageError};
 
 /// Why the re-mark could not vouch for the plan: nothing is deleted.
@@ -63,6 +64,31 @@ pub async fn remark(
     options: MarkOptions,
     concurrency: usize,
 ) -> Result<Reprieve, RemarkError> {
+    let released = Released::default();
+    remark_released(
+        storage,
+        inventory,
+        marks,
+        catalog,
+        options,
+        concurrency,
+        &released,
+    )
+    .await
+}
+
+/// [`remark`] after a selection (`delete`, `prune`; `inventory` as scanned, `marks` from
+/// [`crate::mark::mark_released`]): a removed tag or a released revision that is unchanged since
+/// the scan is no root; one written again since (a tag re-pushed) is, and makes its repository busy.
+pub async fn remark_released(
+    storage: &Arc<dyn Storage>,
+    inventory: &Inventory,
+    marks: &MarkSet,
+    catalog: &ManifestCatalog,
+    options: MarkOptions,
+    concurrency: usize,
+    released: &Released,
+) -> Result<Reprieve, RemarkError> {
     let (mut repositories, oversize) = scan::list_repositories(storage, concurrency).await?;
     read_changed_tag_links(
         storage,
@@ -81,7 +107,13 @@ pub async fn remark(
             .binary_search_by(|r| r.name.as_str().cmp(&repo.name))
             .ok()
             .map(|i| (&inventory.repositories[i], &marks.repositories[i]));
-        let roots = roots(repo, before.map(|(r, _)| r), options, &mut reprieve)?;
+        let roots = roots(
+            repo,
+            before.map(|(r, _)| r),
+            options,
+            released,
+            &mut reprieve,
+        )?;
         let mut closure = Closure {
             storage,
             inventory,
@@ -160,6 +192,7 @@ fn roots(
     repo: &Repository,
     before: Option<&Repository>,
     options: MarkOptions,
+    released: &Released,
     reprieve: &mut Reprieve,
 ) -> Result<Vec<Digest>, RemarkError> {
     // New: not listed by the scan with the same modification time. (What the scan saw young was a
@@ -180,7 +213,8 @@ fn roots(
     for link in &repo.revisions {
         let is_new = new(|r| &r.revisions, link);
         busy |= is_new;
-        if is_new || !options.delete_untagged {
+        let root = !options.delete_untagged && !released.revision(&repo.name, &link.digest);
+        if is_new || root {
             roots.push(link.digest);
         }
     }
@@ -192,6 +226,7 @@ fn roots(
                 .is_none_or(|c| c.modified != current.modified);
             busy |= changed;
             match &current.target {
+                Ok(_) if !changed && released.tag(&repo.name, &tag.name) => {}
                 Ok(digest) => roots.push(*digest),
                 Err(error) => {
                     return Err(RemarkError::CorruptTagLink {
