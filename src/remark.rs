@@ -202,6 +202,9 @@ fn roots(
     };
     let mut busy = before.is_none();
     let mut roots = Vec::new();
+    // What removed tags point at: roots after all if the repository turns out busy, since the
+    // plan then spares the tags themselves.
+    let mut removed_targets = Vec::new();
 
     for link in &repo.layer_links {
         if new(|r| &r.layer_links, link) {
@@ -226,7 +229,9 @@ fn roots(
                 .is_none_or(|c| c.modified != current.modified);
             busy |= changed;
             match &current.target {
-                Ok(_) if !changed && released.tag(&repo.name, &tag.name) => {}
+                Ok(digest) if !changed && released.tag(&repo.name, &tag.name) => {
+                    removed_targets.push(*digest)
+                }
                 Ok(digest) => roots.push(*digest),
                 Err(error) => {
                     return Err(RemarkError::CorruptTagLink {
@@ -259,6 +264,7 @@ fn roots(
         .any(|o| before.is_none_or(|b| !b.unknown.contains(o)));
     if busy || signatures_new || uploads_new || unknown_new {
         reprieve.repositories.insert(repo.name.clone());
+        roots.extend(removed_targets);
     }
     Ok(roots)
 }

@@ -8,12 +8,12 @@
 pub mod support;
 
 use std::collections::BTreeSet;
-use std::fs::File;
+use std::fs::{self, File};
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use support::model::Model;
-use support::run::{RunOutput, field_u64};
+use support::run::{Background, RunOutput, field_u64};
 use support::storage::{dangling_links, repository_dirs, snapshot_diff, storage_blobs};
 use support::workload::{Format, Pushed, Ref, Workload};
 use support::{Client, Registry, run_regsweep, tree_snapshot, verify_gone, verify_pulls};
@@ -511,4 +511,68 @@ fn prune_dry_run_prints_each_decision_and_changes_nothing() {
     );
     // Everything still pulls.
     s.assert_registry_holds_exactly_the_model(&[]);
+}
+
+/// `REGSWEEP_TEST_PAUSE_BEFORE_SWEEP`: the run waits before its re-mark until this file exists.
+const PAUSE_ENV: &str = "REGSWEEP_TEST_PAUSE_BEFORE_SWEEP";
+const PAUSE_MARKER: &str = "regsweep-test: paused before the sweep";
+
+#[test]
+fn a_tag_pushed_again_during_a_prune_keeps_its_repository() {
+    let mut s = prune_scene();
+    let policy = s._dir.path().join("policy.json");
+    fs::write(&policy, POLICY).unwrap();
+    let barrier = s._dir.path().join("go-on");
+    let (config, policy_arg, barrier_arg) = (
+        s.config(),
+        policy.to_string_lossy().into_owned(),
+        barrier.to_string_lossy().into_owned(),
+    );
+    let args = [
+        "prune",
+        config.as_str(),
+        "--policy",
+        policy_arg.as_str(),
+        "--min-age",
+        "0s",
+        "--format",
+        "json",
+    ];
+    let mut run = Background::start(
+        Path::new(env!("CARGO_BIN_EXE_regsweep")),
+        &args,
+        &[(PAUSE_ENV, barrier_arg.as_str())],
+    );
+    run.wait_for(PAUSE_MARKER, Duration::from_secs(60));
+    // Between the scan and the sweep, someone pushes dev-1 again (the same manifest).
+    let dev_1 = s.client.get_manifest("team/app", "dev-1");
+    assert_eq!(dev_1.status, 200);
+    let media_type = dev_1.media_type.clone().expect("Content-Type");
+    s.client
+        .put_manifest("team/app", "dev-1", &media_type, &dev_1.body);
+    fs::write(&barrier, "").unwrap();
+    let run = run.wait();
+    run.assert_success();
+    assert!(
+        field_u64(&run.json(), "deletions_spared", &run) > 0,
+        "{}",
+        run.describe()
+    );
+
+    // team/app was written to since the scan: its tags stay, with what they point at; its
+    // untagged image still goes. Elsewhere the policy applies as without the push.
+    let untagged = s.untagged.digest.clone();
+    s.drop_revision("team/app", &untagged);
+    let base_10 = s.tag_digest("library/base", "1.0");
+    s.untag("library/base", "1.0");
+    s.untag("library/base", "1.1");
+    s.drop_revision("library/base", &base_10);
+    let t1 = s.tag_digest("team/tools", "t1");
+    s.untag("team/tools", "t1");
+    s.drop_revision("team/tools", &t1);
+    s.assert_registry_holds_exactly_the_model(&[
+        ("library/base", "1.0"),
+        ("library/base", "1.1"),
+        ("team/tools", "t1"),
+    ]);
 }
