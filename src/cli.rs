@@ -95,8 +95,8 @@ pub struct DeleteArgs {
     #[command(flatten)]
     pub gc: GcArgs,
 
-    /// What to remove: REPOSITORY, REPOSITORY:TAG or REPOSITORY@sha256:<hex> (at least one; clap
-    /// cannot require it after the optional CONFIG, `main` does).
+    /// What to remove: REPOSITORY, REPOSITORY:TAG or REPOSITORY@sha256:<hex>.
+    // At least one: clap cannot require it after the optional CONFIG, so `main` does.
     #[arg(value_name = "TARGET", value_parser = parse_target)]
     pub targets: Vec<Target>,
 
@@ -268,8 +268,8 @@ pub struct GcArgs {
     #[arg(long, value_name = "FILE")]
     pub plan_file: Option<PathBuf>,
 
-    /// Write the summary's counters to FILE for node_exporter's textfile collector (Prometheus
-    /// gauges regsweep_*; replaced atomically), also when the run is refused.
+    /// Write the summary's counters to FILE as Prometheus gauges for node_exporter's textfile
+    /// collector, replaced atomically, also when the run is refused.
     #[arg(long, value_name = "FILE")]
     pub metrics_file: Option<PathBuf>,
 

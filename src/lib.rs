@@ -7,10 +7,11 @@
 //! - [`layout`]: every path format of the storage, in one place;
 //! - [`scan`]: one concurrent listing into an [`scan::Inventory`];
 //! - [`manifest`] and [`mark`]: what is live, as a compact bitmap over the blobs;
+//! - [`select`]: what `delete` and `prune` take away (tags removed, manifests released) — pure;
 //! - [`plan`]: what goes, in a crash-safe order — pure, so a dry run is exact;
 //! - [`remark`]: just before the sweep, what pushes made live since the scan is spared;
 //! - [`sweep`]: batched, concurrent deletion;
-//! - [`report`]: the summary for people and schedulers;
+//! - [`report`]: the summary for people and schedulers, and [`metrics`], as a Prometheus textfile;
 //! - [`restart`]: make the registry forget deleted blobs;
 //! - [`quarantine`]: `--quarantine` moves instead of deleting; restore and purge.
 //!
