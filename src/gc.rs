@@ -125,7 +125,7 @@ impl Collection {
             "scanned"
         );
         let selection = request
-            .map(|request| request.select(&inventory, now))
+            .map(|request| request.select(&inventory, now, before(now, options.min_age)))
             .transpose()?
             .unwrap_or_default();
 

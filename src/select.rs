@@ -299,13 +299,19 @@ pub enum Request {
 }
 
 impl Request {
-    /// Decides, as of `now`, what goes.
-    pub fn select(&self, inventory: &Inventory, now: SystemTime) -> Result<Selection, SelectError> {
+    /// Decides, as of `now`, what goes; a policy never removes a tag pushed after `cutoff` (run
+    /// start minus `--min-age`), a target named on the command line goes whatever its age.
+    pub fn select(
+        &self,
+        inventory: &Inventory,
+        now: SystemTime,
+        cutoff: SystemTime,
+    ) -> Result<Selection, SelectError> {
         match self {
             Request::Delete { targets, with_tags } => {
                 select_targets(inventory, targets, *with_tags)
             }
-            Request::Prune(policy) => Ok(policy.select(inventory, now)),
+            Request::Prune(policy) => Ok(policy.select(inventory, now, cutoff)),
         }
     }
 }
@@ -444,8 +450,9 @@ impl Policy {
         Ok(Policy { rules: vec![rule] })
     }
 
-    /// Decides every tag of every repository a rule matches, as of `now`.
-    pub fn select(&self, inventory: &Inventory, now: SystemTime) -> Selection {
+    /// Decides every tag of every repository a rule matches, as of `now`. A tag pushed after
+    /// `cutoff` (within `--min-age`) is kept whatever the rule says: it may be a push in progress.
+    pub fn select(&self, inventory: &Inventory, now: SystemTime, cutoff: SystemTime) -> Selection {
         let mut selection = Selection::default();
         for repo in &inventory.repositories {
             let Some((number, rule)) = self
@@ -457,7 +464,7 @@ impl Policy {
                 continue;
             };
             let label = format!("rule {} ({})", number + 1, rule.repositories);
-            for (tag, action, why) in decide(repo, rule, now) {
+            for (tag, action, why) in decide(repo, rule, now, cutoff) {
                 if action == Action::Delete {
                     selection.released.remove_tag(&repo.name, &tag.name);
                 }
@@ -484,6 +491,7 @@ fn decide<'r>(
     repo: &'r Repository,
     rule: &Rule,
     now: SystemTime,
+    cutoff: SystemTime,
 ) -> Vec<(&'r Tag, Action, String)> {
     // Only tags with a readable current/link are decided: the others are broken (the collection
     // removes them) or corrupt (the mark refuses to run).
@@ -525,7 +533,12 @@ fn decide<'r>(
             } else {
                 (Action::Keep, "no tag criterion".to_owned())
             };
-            (tag, decision.0, decision.1)
+            match decision {
+                (Action::Delete, _) if pushed > cutoff => {
+                    (tag, Action::Keep, "pushed within --min-age".to_owned())
+                }
+                (action, why) => (tag, action, why),
+            }
         })
         .collect()
 }
@@ -847,7 +860,8 @@ mod tests {
             ],
             &[1, 2, 3, 4, 5],
         )]);
-        let selection = rule(r#"{"repositories":"**","keep_last":2}"#).select(&inv, now());
+        let selection =
+            rule(r#"{"repositories":"**","keep_last":2}"#).select(&inv, now(), now() - HOUR);
         // e is newest; c and d tie for second: both stay.
         assert_eq!(
             deleted_tags(&selection),
@@ -865,10 +879,22 @@ mod tests {
             "rule 1 (**): kept by no keep rule".into()
         )));
         // keep_last 0 keeps nothing; more than there are keeps all.
-        let none = rule(r#"{"repositories":"**","keep_last":0}"#).select(&inv, now());
+        let none = rule(r#"{"repositories":"**","keep_last":0}"#).select(&inv, now(), now() - HOUR);
         assert_eq!(deleted_tags(&none).len(), 5);
-        let all = rule(r#"{"repositories":"**","keep_last":9}"#).select(&inv, now());
+        let all = rule(r#"{"repositories":"**","keep_last":9}"#).select(&inv, now(), now() - HOUR);
         assert!(deleted_tags(&all).is_empty());
+        // Within --min-age (here 4 h 30 min), a tag is a push that may be in progress: kept.
+        let young = rule(r#"{"repositories":"**","keep_last":0}"#).select(
+            &inv,
+            now(),
+            now() - 4 * HOUR - HOUR / 2,
+        );
+        assert_eq!(deleted_tags(&young), BTreeSet::from(["app:a".into()]));
+        assert!(decisions(&young).contains(&(
+            "app:e".into(),
+            Action::Keep,
+            "rule 1 (**): pushed within --min-age".into()
+        )));
     }
 
     #[test]
@@ -887,7 +913,7 @@ mod tests {
         let policy = rule(
             r#"{"repositories":"app","keep_last":1,"keep_tags":"^v\\d+$","delete_older_than":"90d"}"#,
         );
-        let selection = policy.select(&inv, now());
+        let selection = policy.select(&inv, now(), now() - HOUR);
         assert_eq!(
             deleted_tags(&selection),
             BTreeSet::from(["app:dev-old".into(), "app:latest".into()])
@@ -926,7 +952,7 @@ mod tests {
             ]}"#,
         )
         .unwrap();
-        let selection = policy.select(&inv, now());
+        let selection = policy.select(&inv, now(), now() - HOUR);
         assert_eq!(
             deleted_tags(&selection),
             BTreeSet::from(["team/a:x".into()])
@@ -954,8 +980,11 @@ mod tests {
             repo("app", vec![tag("v1", 1, DAY)], &[1, 2, 3]),
             repo("lib", vec![], &[4]),
         ]);
-        let selection =
-            rule(r#"{"repositories":"app","delete_untagged":true}"#).select(&inv, now());
+        let selection = rule(r#"{"repositories":"app","delete_untagged":true}"#).select(
+            &inv,
+            now(),
+            now() - HOUR,
+        );
         assert!(deleted_tags(&selection).is_empty());
         for n in [1, 2, 3] {
             assert!(selection.released.revision("app", &d(n)));
@@ -1004,7 +1033,8 @@ mod tests {
             vec![corrupt, half, tag("ok", 1, DAY)],
             &[1],
         )]);
-        let selection = rule(r#"{"repositories":"**","keep_last":0}"#).select(&inv, now());
+        let selection =
+            rule(r#"{"repositories":"**","keep_last":0}"#).select(&inv, now(), now() - HOUR);
         assert_eq!(deleted_tags(&selection), BTreeSet::from(["app:ok".into()]));
     }
 
