@@ -7,14 +7,14 @@
 
 pub mod support;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File};
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use support::model::Model;
 use support::run::{Background, RunOutput, field_u64};
-use support::storage::{dangling_links, repository_dirs, snapshot_diff, storage_blobs};
+use support::storage::{Node, dangling_links, repository_dirs, snapshot_diff, storage_blobs};
 use support::workload::{Format, Pushed, Ref, Workload};
 use support::{Client, Registry, run_regsweep, tree_snapshot, verify_gone, verify_pulls};
 use support::{verify_revisions, workload::backdate_tree};
@@ -575,4 +575,52 @@ fn a_tag_pushed_again_during_a_prune_keeps_its_repository() {
         ("library/base", "1.1"),
         ("team/tools", "t1"),
     ]);
+}
+
+/// The registry's files (keys and contents), without regsweep's own `_regsweep/` and without
+/// directories (a restore brings back objects, not empty directories).
+fn registry_files(root: &Path) -> BTreeMap<String, Node> {
+    tree_snapshot(root)
+        .into_iter()
+        .filter(|(key, node)| matches!(node, Node::File { .. }) && !key.starts_with("_regsweep"))
+        .collect()
+}
+
+#[test]
+fn delete_with_quarantine_is_undone_by_restore() {
+    let mut s = scene(&[]);
+    s.registry.stop();
+    let root = s.registry.storage_root();
+    let before = registry_files(&root);
+    let config = s.config();
+    let run = regsweep(&[
+        "delete",
+        &config,
+        "library/base:1.0",
+        "team/app:multi",
+        "team/tools",
+        "--quarantine",
+        "--min-age",
+        "0s",
+        "--format",
+        "json",
+    ]);
+    run.assert_success();
+    let summary = run.json();
+    assert_eq!(field_u64(&summary, "tags_removed", &run), 3);
+    assert!(field_u64(&summary["quarantine"], "objects", &run) > 0);
+    assert_ne!(registry_files(&root), before, "nothing was moved");
+
+    regsweep(&["restore", &config]).assert_success();
+    let after = registry_files(&root);
+    let lost: Vec<&String> = before.keys().filter(|k| !after.contains_key(*k)).collect();
+    let differ: Vec<&String> = after
+        .keys()
+        .filter(|k| before.get(*k) != after.get(*k))
+        .collect();
+    assert!(
+        lost.is_empty() && differ.is_empty(),
+        "not restored: {lost:?}; differ: {differ:?}"
+    );
+    s.assert_registry_holds_exactly_the_model(&[]);
 }
