@@ -313,7 +313,26 @@ impl Request {
             }
             Request::Prune(policy) => Ok(policy.select(inventory, now, cutoff)),
         }
+        .map(|selection| empty_repositories_go(inventory, selection))
     }
+}
+
+/// A repository whose last tags the selection removes goes whole: its untagged manifests are
+/// released too, and its stale uploads go.
+fn empty_repositories_go(inventory: &Inventory, mut selection: Selection) -> Selection {
+    for repo in &inventory.repositories {
+        let Some(removed) = selection.released.tags.get(&repo.name) else {
+            continue;
+        };
+        let tagged = repo.tags.iter().filter(|t| target_of(t).is_some());
+        if tagged.clone().all(|t| removed.contains(&t.name)) {
+            for revision in &repo.revisions {
+                selection.released.release(&repo.name, revision.digest);
+            }
+            selection.repositories.insert(repo.name.clone());
+        }
+    }
+    selection
 }
 
 /// A `prune` policy: rules by repository glob. The first rule whose glob matches a repository
@@ -972,6 +991,31 @@ mod tests {
             !decided.iter().any(|(t, ..)| t == "other:x"),
             "no rule matches `other`"
         );
+    }
+
+    #[test]
+    fn removing_the_last_tags_of_a_repository_removes_it() {
+        let inv = inventory(vec![
+            repo(
+                "app",
+                vec![tag("v1", 1, DAY), tag("v2", 2, DAY)],
+                &[1, 2, 3],
+            ),
+            repo("lib", vec![tag("v1", 4, DAY)], &[4, 5]),
+        ]);
+        let request = Request::Delete {
+            targets: ["app:v1", "lib:v1"]
+                .map(|t| Target::parse(t).unwrap())
+                .to_vec(),
+            with_tags: false,
+        };
+        let selection = request.select(&inv, now(), now() - HOUR).unwrap();
+        assert_eq!(selection.repositories, BTreeSet::from(["lib".to_owned()]));
+        assert!(
+            selection.released.revision("lib", &d(5)),
+            "untagged, released"
+        );
+        assert!(!selection.released.revision("app", &d(3)), "app keeps v2");
     }
 
     #[test]

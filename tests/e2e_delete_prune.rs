@@ -35,6 +35,8 @@ struct Scene {
     untagged: Pushed,
     /// team/app: the index tagged `multi`, its two children and the referrer of the index.
     multi: [Pushed; 4],
+    /// team/tools: an untagged image beside `t1`.
+    tools_untagged: Pushed,
 }
 
 /// Pushes:
@@ -44,7 +46,7 @@ struct Scene {
 /// - `team/app` (base layers mounted): `v1`, `v2`, `dev-1`, `dev-2`, `multi` (an OCI index of an
 ///   amd64 child over a base layer and an arm64 child), a signature of the index pushed by digest,
 ///   and an untagged image;
-/// - `team/tools`: `t1` over a base layer.
+/// - `team/tools`: `t1` over a base layer, and an untagged image.
 ///
 /// Then makes every object two days old, and each tag's `current/link` as old as `ages` says.
 fn scene(ages: &[(&str, &str, Duration)]) -> Scene {
@@ -124,6 +126,15 @@ fn scene(ages: &[(&str, &str, Duration)]) -> Scene {
     let mut layers = vec![base[0].clone()];
     layers.extend(w.layers(tools, 2));
     w.image(tools, Docker, &layers, "amd64", Ref::Tag("t1"), "tools t1");
+    let layers = w.layers(tools, 1);
+    let tools_untagged = w.image(
+        tools,
+        Docker,
+        &layers,
+        "amd64",
+        Ref::Digest,
+        "tools untagged",
+    );
 
     let v2 = registry.v2_root();
     let now = SystemTime::now();
@@ -146,6 +157,7 @@ fn scene(ages: &[(&str, &str, Duration)]) -> Scene {
         model,
         untagged,
         multi: [index, amd64, arm64, signature],
+        tools_untagged,
     }
 }
 
@@ -158,6 +170,15 @@ impl Scene {
     fn untag(&mut self, repo: &str, tag: &str) {
         let removed = self.model.tags.get_mut(repo).and_then(|t| t.remove(tag));
         assert!(removed.is_some(), "{repo}:{tag} is not in the model");
+    }
+
+    /// The model after team/tools lost its only tag, and with it everything.
+    fn drop_tools(&mut self) {
+        let t1 = self.tag_digest("team/tools", "t1");
+        self.untag("team/tools", "t1");
+        self.drop_revision("team/tools", &t1);
+        let untagged = self.tools_untagged.digest.clone();
+        self.drop_revision("team/tools", &untagged);
     }
 
     /// The model after the revision `digest` left `repo`.
@@ -219,7 +240,7 @@ fn delete_removes_tags_manifests_and_repositories_and_keeps_what_remains() {
         "library/base:1.0",
         "library/base:latest",
         "team/app:multi",
-        "team/tools",
+        "team/tools:t1",
         "--min-age",
         "0s",
         "--format",
@@ -246,7 +267,8 @@ fn delete_removes_tags_manifests_and_repositories_and_keeps_what_remains() {
     );
 
     // The model: 1.0 and its manifest go; `latest` goes but its manifest stays with 1.1; the
-    // index, its children and its signature go; team/tools goes whole.
+    // index, its children and its signature go; team/tools loses its last tag, so it goes whole,
+    // its untagged image with it.
     let base_10 = s.tag_digest("library/base", "1.0");
     s.untag("library/base", "1.0");
     s.drop_revision("library/base", &base_10);
@@ -255,9 +277,7 @@ fn delete_removes_tags_manifests_and_repositories_and_keeps_what_remains() {
     for pushed in s.multi.clone() {
         s.drop_revision("team/app", &pushed.digest);
     }
-    let t1 = s.tag_digest("team/tools", "t1");
-    s.untag("team/tools", "t1");
-    s.drop_revision("team/tools", &t1);
+    s.drop_tools();
     let blobs_freed = {
         let before: BTreeSet<String> = s.model.all_blobs();
         before.len() - s.model.expected_live_blobs(false).len()
@@ -435,9 +455,7 @@ fn prune_keeps_by_rule_and_sweeps_the_rest() {
     let untagged = s.untagged.digest.clone();
     s.drop_revision("team/app", &untagged);
     // team/tools loses its last tag, so the repository goes.
-    let t1 = s.tag_digest("team/tools", "t1");
-    s.untag("team/tools", "t1");
-    s.drop_revision("team/tools", &t1);
+    s.drop_tools();
     s.assert_registry_holds_exactly_the_model(&[
         ("library/base", "1.0"),
         ("library/base", "1.1"),
@@ -567,9 +585,7 @@ fn a_tag_pushed_again_during_a_prune_keeps_its_repository() {
     s.untag("library/base", "1.0");
     s.untag("library/base", "1.1");
     s.drop_revision("library/base", &base_10);
-    let t1 = s.tag_digest("team/tools", "t1");
-    s.untag("team/tools", "t1");
-    s.drop_revision("team/tools", &t1);
+    s.drop_tools();
     s.assert_registry_holds_exactly_the_model(&[
         ("library/base", "1.0"),
         ("library/base", "1.1"),
