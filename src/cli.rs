@@ -180,6 +180,11 @@ pub struct RestoreArgs {
     #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
     pub format: OutputFormat,
 
+    /// Write the summary's counters to FILE as Prometheus gauges for node_exporter's textfile
+    /// collector, replaced atomically, also when the run is refused.
+    #[arg(long, value_name = "FILE")]
+    pub metrics_file: Option<PathBuf>,
+
     #[command(flatten)]
     pub lock: LockArgs,
 }
@@ -221,6 +226,11 @@ pub struct PurgeArgs {
     /// Output: a text summary, or one JSON object on stdout (logs stay on stderr).
     #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
     pub format: OutputFormat,
+
+    /// Write the summary's counters to FILE as Prometheus gauges for node_exporter's textfile
+    /// collector, replaced atomically, also when the run is refused.
+    #[arg(long, value_name = "FILE")]
+    pub metrics_file: Option<PathBuf>,
 
     #[command(flatten)]
     pub lock: LockArgs,

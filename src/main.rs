@@ -20,8 +20,8 @@ use cli::{
 use regsweep::config::{self, StorageConfig};
 use regsweep::gc::{Collection, GcOptions};
 use regsweep::lock::{LockOptions, RunLock};
-use regsweep::metrics;
-use regsweep::quarantine::{self, PurgeOptions, RestoreOptions};
+use regsweep::metrics::{self, Exported};
+use regsweep::quarantine::{self, PurgeOptions, PurgeSummary, RestoreOptions, RestoreSummary};
 use regsweep::report::{Summary, error_chain};
 use regsweep::restart::{CommandOutcome, Forget, run_command};
 use regsweep::run_id::RunId;
@@ -116,9 +116,13 @@ async fn prune(mut args: PruneArgs, quiet: bool) -> Result<ExitCode> {
     let policy = match &args.policy {
         Some(path) => {
             if args.gc.delete_untagged {
-                anyhow::bail!(
-                    "--delete-untagged goes into the policy with --policy (\"delete_untagged\": true)"
-                );
+                Cli::command()
+                    .error(
+                        clap::error::ErrorKind::ArgumentConflict,
+                        "prune: with --policy, untagged manifests go by the rules' \
+                         \"delete_untagged\": true, not -m",
+                    )
+                    .exit();
             }
             let text = std::fs::read_to_string(path)
                 .with_context(|| format!("cannot read the policy {}", path.display()))?;
@@ -154,21 +158,12 @@ async fn gc(
 
 /// Writes the metrics file of a run — of a refused one too, so that an alert on `regsweep_errors`
 /// sees it. Failing to write it is an error of the run.
-fn write_metrics(path: &Path, command: &str, dry_run: bool, run: &mut Result<Summary>) {
-    let refused;
-    let summary = match run {
-        Ok(summary) => &*summary,
-        Err(e) => {
-            let mut summary = Summary {
-                dry_run,
-                ..Summary::default()
-            };
-            summary.add_error(error_chain(e.as_ref()));
-            refused = summary;
-            &refused
-        }
+fn write_metrics<T: Exported>(path: &Path, command: &str, dry_run: bool, run: &mut Result<T>) {
+    let now = SystemTime::now();
+    let text = match run {
+        Ok(summary) => metrics::render(&*summary, command, now),
+        Err(_) => metrics::render_refused(command, dry_run, now),
     };
-    let text = metrics::render(summary, command, SystemTime::now());
     if let Err(e) = metrics::write_atomically(path, &text) {
         let message = format!("cannot write the metrics file {}: {e}", path.display());
         match run {
@@ -417,10 +412,19 @@ fn finish<T: serde::Serialize + std::fmt::Display>(
 }
 
 async fn restore(args: RestoreArgs, quiet: bool) -> Result<ExitCode> {
+    let mut run = run_restore(&args).await;
+    if let Some(path) = &args.metrics_file {
+        write_metrics(path, "restore", args.dry_run, &mut run);
+    }
+    let summary = run?;
+    finish(&summary, summary.errors, args.format, quiet)
+}
+
+async fn run_restore(args: &RestoreArgs) -> Result<RestoreSummary> {
     let counter = RequestCounter::default();
     let storage = open_location(&args.location, &counter)?;
     let options = RestoreOptions {
-        run: args.run,
+        run: args.run.clone(),
         dry_run: args.dry_run,
         concurrency: usize::from(args.concurrency),
     };
@@ -429,15 +433,24 @@ async fn restore(args: RestoreArgs, quiet: bool) -> Result<ExitCode> {
     release(lock).await;
     let mut summary = restored?;
     summary.requests = counter.snapshot();
-    finish(&summary, summary.errors, args.format, quiet)
+    Ok(summary)
 }
 
 async fn purge(args: PurgeArgs, quiet: bool) -> Result<ExitCode> {
+    let mut run = run_purge(&args).await;
+    if let Some(path) = &args.metrics_file {
+        write_metrics(path, "purge", args.dry_run, &mut run);
+    }
+    let summary = run?;
+    finish(&summary, summary.errors, args.format, quiet)
+}
+
+async fn run_purge(args: &PurgeArgs) -> Result<PurgeSummary> {
     let counter = RequestCounter::default();
     let storage = open_location(&args.location, &counter)?;
     let options = PurgeOptions {
         older_than: args.older_than,
-        run: args.run,
+        run: args.run.clone(),
         dry_run: args.dry_run,
         concurrency: usize::from(args.concurrency),
         now: std::time::SystemTime::now(),
@@ -447,5 +460,5 @@ async fn purge(args: PurgeArgs, quiet: bool) -> Result<ExitCode> {
     release(lock).await;
     let mut summary = purged?;
     summary.requests = counter.snapshot();
-    finish(&summary, summary.errors, args.format, quiet)
+    Ok(summary)
 }

@@ -1,11 +1,14 @@
 //! Metrics: a run's summary as a Prometheus textfile-collector file (`--metrics-file`), for runs
 //! from a scheduler that node_exporter's textfile collector exports.
 //!
-//! One gauge per numeric field of the JSON summary, named `regsweep_<field>` (the names follow the
-//! JSON contract: fields are added, never renamed), plus `regsweep_warnings` (how many),
+//! One gauge per numeric field of the command's JSON summary (`gc`, `delete` and `prune`: [`Summary`];
+//! `restore`: [`RestoreSummary`]; `purge`: [`PurgeSummary`]), named `regsweep_<field>` (the names
+//! follow the JSON contract: fields are added, never renamed), plus `regsweep_warnings` (how many),
 //! `regsweep_requests{kind}`, `regsweep_last_run_success` and
-//! `regsweep_last_run_timestamp_seconds`. Every sample carries the labels `command` and `dry_run`.
-//! They are gauges, not counters: each run replaces the file with its own values.
+//! `regsweep_last_run_timestamp_seconds`. A run refused before its summary writes only
+//! `regsweep_errors`, `regsweep_last_run_success` and `regsweep_last_run_timestamp_seconds`. Every
+//! sample carries the labels `command` and `dry_run`. They are gauges, not counters: each run
+//! replaces the file with its own values.
 //!
 //! The file is written whole to a temporary file in the same directory (a name node_exporter
 //! ignores: it does not end in `.prom`) and renamed over the target, so that the collector never
@@ -16,10 +19,88 @@ use std::io::Write as _;
 use std::path::Path;
 use std::time::SystemTime;
 
-use crate::report::Summary;
+use serde::Serialize;
 
-/// The help text of every numeric field of [`Summary`], in the order they are written.
-const FIELDS: [(&str, &str); 21] = [
+use crate::quarantine::{PurgeSummary, RestoreSummary};
+use crate::report::Summary;
+use crate::storage::requests::Requests;
+
+/// A summary that can be exported: its numeric fields (with their help text, in the order they
+/// are written) and what every summary has.
+pub trait Exported: Serialize {
+    const FIELDS: &'static [(&'static str, &'static str)];
+    fn dry_run(&self) -> bool;
+    fn errors(&self) -> u64;
+    fn warnings(&self) -> usize;
+    fn requests(&self) -> &Requests;
+    /// Records an error of the run (the metrics file could not be written).
+    fn add_error(&mut self, message: String);
+}
+
+/// The accessors every summary implements alike.
+macro_rules! exported {
+    ($summary:ty, $fields:expr) => {
+        impl Exported for $summary {
+            const FIELDS: &'static [(&'static str, &'static str)] = $fields;
+            fn dry_run(&self) -> bool {
+                self.dry_run
+            }
+            fn errors(&self) -> u64 {
+                self.errors
+            }
+            fn warnings(&self) -> usize {
+                self.warnings.len()
+            }
+            fn requests(&self) -> &Requests {
+                &self.requests
+            }
+            fn add_error(&mut self, message: String) {
+                self.errors += 1;
+                self.error_messages.push(message);
+            }
+        }
+    };
+}
+
+exported!(Summary, &SUMMARY_FIELDS);
+exported!(
+    RestoreSummary,
+    &[
+        (
+            "journal_entries",
+            "Objects the run's journal says were moved."
+        ),
+        ("objects_restored", "Objects moved back."),
+        ("bytes_restored", "Bytes moved back."),
+        (
+            "objects_skipped",
+            "Objects already back (the quarantined copy dropped)."
+        ),
+        ("bytes_skipped", "Bytes of the objects already back."),
+        (
+            "conflicts",
+            "Original keys holding another object (both kept)."
+        ),
+        ERRORS,
+        DURATION,
+    ]
+);
+exported!(
+    PurgeSummary,
+    &[
+        ("runs_purged", "Quarantine runs deleted for good."),
+        ("objects_deleted", "Quarantined objects deleted."),
+        ("bytes_deleted", "Bytes of the quarantined objects deleted."),
+        ERRORS,
+        DURATION,
+    ]
+);
+
+const ERRORS: (&str, &str) = ("errors", "Errors (0 when the run went well).");
+const DURATION: (&str, &str) = ("duration_seconds", "Duration of the run.");
+
+/// The numeric fields of [`Summary`].
+const SUMMARY_FIELDS: [(&str, &str); 21] = [
     ("repositories", "Repositories found."),
     ("tags", "Tags found."),
     (
@@ -57,38 +138,75 @@ const FIELDS: [(&str, &str); 21] = [
         "deletions_spared",
         "Planned deletions dropped by the re-mark before the sweep.",
     ),
-    ("errors", "Errors (0 when the run went well)."),
-    ("duration_seconds", "Duration of the run."),
+    ERRORS,
+    DURATION,
 ];
 
-/// The textfile-collector exposition of `summary`, for a run of `command` that ended at `now`.
-pub fn render(summary: &Summary, command: &str, now: SystemTime) -> String {
-    let labels = format!(
-        "command=\"{}\",dry_run=\"{}\"",
-        escape(command),
-        summary.dry_run
-    );
-    let json = serde_json::to_value(summary).expect("a summary serialises");
-    let mut out = String::new();
-    let mut gauge = |name: &str, help: &str, samples: &[(String, String)]| {
-        let _ = writeln!(out, "# HELP regsweep_{name} {help}");
-        let _ = writeln!(out, "# TYPE regsweep_{name} gauge");
-        for (extra, value) in samples {
-            let _ = writeln!(out, "regsweep_{name}{{{labels}{extra}}} {value}");
+/// Writes the families of one exposition, each with its HELP and TYPE, every sample labelled.
+struct Exposition {
+    labels: String,
+    text: String,
+}
+
+impl Exposition {
+    fn new(command: &str, dry_run: bool) -> Exposition {
+        Exposition {
+            labels: format!("command=\"{}\",dry_run=\"{dry_run}\"", escape(command)),
+            text: String::new(),
         }
-    };
-    for (field, help) in FIELDS {
+    }
+
+    /// One gauge; each sample is `(extra labels, value)`.
+    fn gauge(&mut self, name: &str, help: &str, samples: &[(String, String)]) {
+        let _ = writeln!(self.text, "# HELP regsweep_{name} {help}");
+        let _ = writeln!(self.text, "# TYPE regsweep_{name} gauge");
+        for (extra, value) in samples {
+            let labels = &self.labels;
+            let _ = writeln!(self.text, "regsweep_{name}{{{labels}{extra}}} {value}");
+        }
+    }
+
+    fn single(&mut self, name: &str, help: &str, value: String) {
+        self.gauge(name, help, &[(String::new(), value)]);
+    }
+
+    /// `regsweep_last_run_success` and `regsweep_last_run_timestamp_seconds`, last.
+    fn finish(mut self, errors: u64, now: SystemTime) -> String {
+        let success = u8::from(errors == 0).to_string();
+        self.single(
+            "last_run_success",
+            "1 when the last run had no error, else 0.",
+            success,
+        );
+        let at = now
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs_f64();
+        self.single(
+            "last_run_timestamp_seconds",
+            "When the last run ended, in seconds since the epoch.",
+            format!("{at:.3}"),
+        );
+        self.text
+    }
+}
+
+/// The textfile-collector exposition of `summary`, for a run of `command` that ended at `now`.
+pub fn render<T: Exported>(summary: &T, command: &str, now: SystemTime) -> String {
+    let json = serde_json::to_value(summary).expect("a summary serialises");
+    let mut out = Exposition::new(command, summary.dry_run());
+    for (field, help) in T::FIELDS {
         let value = json
             .get(field)
             .map_or_else(|| "0".to_owned(), |v| v.to_string());
-        gauge(field, help, &[(String::new(), value)]);
+        out.single(field, help, value);
     }
-    gauge(
+    out.single(
         "warnings",
         "Warnings (oddities kept, that did not stop the run).",
-        &[(String::new(), summary.warnings.len().to_string())],
+        summary.warnings().to_string(),
     );
-    let r = &summary.requests;
+    let r = summary.requests();
     let requests: Vec<(String, String)> = [
         ("list", r.list),
         ("get", r.get),
@@ -99,27 +217,20 @@ pub fn render(summary: &Summary, command: &str, now: SystemTime) -> String {
     .iter()
     .map(|(kind, n)| (format!(",kind=\"{kind}\""), n.to_string()))
     .collect();
-    gauge(
+    out.gauge(
         "requests",
         "Storage requests sent, by kind (filesystem: directory reads, file reads, unlinks).",
         &requests,
     );
-    let success = u8::from(summary.errors == 0);
-    gauge(
-        "last_run_success",
-        "1 when the last run had no error, else 0.",
-        &[(String::new(), success.to_string())],
-    );
-    let at = now
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs_f64();
-    gauge(
-        "last_run_timestamp_seconds",
-        "When the last run ended, in seconds since the epoch.",
-        &[(String::new(), format!("{at:.3}"))],
-    );
-    out
+    out.finish(summary.errors(), now)
+}
+
+/// The exposition of a run of `command` refused before it had a summary (bad configuration,
+/// storage unreachable, corrupt input, a missing `delete` target): one error.
+pub fn render_refused(command: &str, dry_run: bool, now: SystemTime) -> String {
+    let mut out = Exposition::new(command, dry_run);
+    out.single(ERRORS.0, ERRORS.1, "1".to_owned());
+    out.finish(1, now)
 }
 
 /// A label value as the exposition format quotes it.
@@ -154,7 +265,7 @@ pub fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
+    use std::collections::{BTreeMap, BTreeSet};
     use std::time::Duration;
 
     use super::*;
@@ -212,23 +323,47 @@ mod tests {
         samples
     }
 
-    #[test]
-    fn every_numeric_summary_field_is_a_gauge() {
-        let json = serde_json::to_value(Summary::default()).unwrap();
-        let numeric: Vec<&str> = json
+    /// Every numeric field of `T`'s JSON is exported (and nothing else is listed).
+    fn exports_every_number<T: Exported + Default>() {
+        let json = serde_json::to_value(T::default()).unwrap();
+        let numeric: BTreeSet<&str> = json
             .as_object()
             .unwrap()
             .iter()
             .filter(|(_, v)| v.is_number())
             .map(|(k, _)| k.as_str())
             .collect();
-        let listed: Vec<&str> = FIELDS.iter().map(|(f, _)| *f).collect();
-        for field in numeric {
-            assert!(
-                listed.contains(&field),
-                "summary field `{field}` has no metric"
-            );
-        }
+        let listed: BTreeSet<&str> = T::FIELDS.iter().map(|(f, _)| *f).collect();
+        assert_eq!(numeric, listed);
+    }
+
+    #[test]
+    fn every_numeric_summary_field_is_a_gauge() {
+        exports_every_number::<Summary>();
+        exports_every_number::<RestoreSummary>();
+        exports_every_number::<PurgeSummary>();
+        let restore = RestoreSummary {
+            objects_restored: 3,
+            ..RestoreSummary::default()
+        };
+        let samples = parse(&render(&restore, "restore", SystemTime::UNIX_EPOCH));
+        let labels = r#"command="restore",dry_run="false""#;
+        assert_eq!(
+            samples[&format!("regsweep_objects_restored{{{labels}}}")],
+            3.0
+        );
+    }
+
+    #[test]
+    fn a_refused_run_says_so() {
+        let samples = parse(&render_refused("delete", true, SystemTime::UNIX_EPOCH));
+        let labels = r#"command="delete",dry_run="true""#;
+        assert_eq!(samples[&format!("regsweep_errors{{{labels}}}")], 1.0);
+        assert_eq!(
+            samples[&format!("regsweep_last_run_success{{{labels}}}")],
+            0.0
+        );
+        assert_eq!(samples.len(), 3);
     }
 
     #[test]
@@ -259,7 +394,7 @@ mod tests {
             samples[&format!("regsweep_requests{{{labels},kind=\"get\"}}")],
             7.0
         );
-        assert_eq!(samples.len(), FIELDS.len() + 3 + 5);
+        assert_eq!(samples.len(), SUMMARY_FIELDS.len() + 3 + 5);
     }
 
     #[test]

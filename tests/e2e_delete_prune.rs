@@ -627,7 +627,18 @@ fn delete_with_quarantine_is_undone_by_restore() {
     assert!(field_u64(&summary["quarantine"], "objects", &run) > 0);
     assert_ne!(registry_files(&root), before, "nothing was moved");
 
-    regsweep(&["restore", &config]).assert_success();
+    let metrics = s._dir.path().join("restore.prom");
+    let metrics_arg = metrics.to_string_lossy().into_owned();
+    regsweep(&["restore", &config, "--metrics-file", &metrics_arg]).assert_success();
+    let text = fs::read_to_string(&metrics).expect("the metrics file of the restore");
+    let restored = format!(
+        r#"regsweep_objects_restored{{command="restore",dry_run="false"}} {}"#,
+        summary["quarantine"]["objects"]
+    );
+    assert!(
+        text.lines().any(|l| l == restored),
+        "no `{restored}` in:\n{text}"
+    );
     let after = registry_files(&root);
     let lost: Vec<&String> = before.keys().filter(|k| !after.contains_key(*k)).collect();
     let differ: Vec<&String> = after
