@@ -142,13 +142,8 @@ impl Collection {
             scanned = Some(inventory.repositories.clone());
             removed = select::strip(&mut inventory, &selection, mark_options.cutoff);
             info!(
-                tags = selection
-                    .released
-                    .tags
-                    .values()
-                    .map(|t| t.len())
-                    .sum::<usize>(),
-                manifests_released = released.revisions.values().map(|r| r.len()).sum::<usize>(),
+                tags_removed = released.tag_count(),
+                manifests_released = released.revision_count(),
                 "selected"
             );
         }

@@ -126,7 +126,7 @@ async fn prune(mut args: PruneArgs, quiet: bool) -> Result<ExitCode> {
             }
             let text = std::fs::read_to_string(path)
                 .with_context(|| format!("cannot read the policy {}", path.display()))?;
-            Policy::from_json(&text).with_context(|| format!("policy {}", path.display()))?
+            Policy::from_json(&text).with_context(|| path.display().to_string())?
         }
         None => Policy::simple(SimpleRule {
             repositories: args.repositories.take(),

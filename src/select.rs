@@ -161,6 +161,16 @@ impl Released {
         self.tags.is_empty() && self.revisions.is_empty()
     }
 
+    /// How many tags are removed.
+    pub fn tag_count(&self) -> usize {
+        self.tags.values().map(HashSet::len).sum()
+    }
+
+    /// How many revisions are released.
+    pub fn revision_count(&self) -> usize {
+        self.revisions.values().map(HashSet::len).sum()
+    }
+
     /// Whether `tag` of `repository` is removed.
     pub fn tag(&self, repository: &str, tag: &str) -> bool {
         self.tags.get(repository).is_some_and(|t| t.contains(tag))
@@ -220,6 +230,14 @@ pub fn select_targets(
     with_tags: bool,
 ) -> Result<Selection, SelectError> {
     let mut selection = Selection::default();
+    // Tags named as targets of their own, wherever they stand on the command line.
+    let named: HashSet<(&str, &str)> = targets
+        .iter()
+        .filter_map(|t| match &t.reference {
+            Reference::Tag(tag) => Some((t.repository.as_str(), tag.as_str())),
+            _ => None,
+        })
+        .collect();
     let remove = |selection: &mut Selection, repo: &Repository, tag: &Tag, rule: String| {
         if !selection.released.tag(&repo.name, &tag.name) {
             selection.released.remove_tag(&repo.name, &tag.name);
@@ -268,8 +286,10 @@ pub fn select_targets(
                     .iter()
                     .filter(|t| target_of(t) == Some(*digest))
                     .collect();
-                let named = |t: &&Tag| selection.released.tag(name, &t.name);
-                if !with_tags && !tagged.iter().all(named) {
+                let all_named = tagged
+                    .iter()
+                    .all(|t| named.contains(&(name.as_str(), t.name.as_str())));
+                if !with_tags && !all_named {
                     return Err(SelectError::Tagged {
                         repository: name.clone(),
                         digest: *digest,
@@ -832,11 +852,11 @@ mod tests {
         assert!(selection.released.revision("app", &d(1)));
         assert_eq!(selection.requested, [("app".to_owned(), d(1))]);
 
-        // Naming every tag as well is enough.
+        // Naming every tag as well is enough, before or after the digest.
         let all = [
             Target::parse("app:latest").unwrap(),
-            Target::parse("app:v1").unwrap(),
             by_digest,
+            Target::parse("app:v1").unwrap(),
         ];
         assert!(select_targets(&inv, &all, false).is_ok());
     }
