@@ -382,6 +382,7 @@ mod tests {
     use crate::mark;
     use crate::plan::{self, PlanOptions, Target};
     use crate::scan::scan;
+    use crate::select;
     use crate::storage::local::LocalStorage;
 
     fn write(root: &Path, key: &str, content: &[u8]) {
@@ -469,6 +470,55 @@ mod tests {
             .collect();
         blobs.sort();
         blobs
+    }
+
+    #[tokio::test]
+    async fn a_removed_tag_is_no_root_unless_it_was_pushed_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let (config, layer, manifest) = registry(root);
+        push(root, "app", "v1", &manifest, &[config, layer]);
+        let storage: Arc<dyn Storage> =
+            Arc::new(LocalStorage::open(root, &Default::default()).unwrap());
+        let scanned = scan(&storage, 4).await.unwrap();
+        let catalog = mark::load_manifests(&storage, &scanned, 4).await;
+        let target = select::Target::parse("app:v1").unwrap();
+        let selection = select::select_targets(&scanned, &[target], false).unwrap();
+        let mut released = selection.released.clone();
+        select::release_closure(&scanned, &catalog, &mut released);
+        let options = MarkOptions {
+            delete_untagged: false,
+            cutoff: SystemTime::now() + Duration::from_secs(3600),
+        };
+        // The mark works on the inventory without the removed tag, the re-mark on the scan.
+        let mut stripped = scan(&storage, 4).await.unwrap();
+        select::strip(&mut stripped, &selection, options.cutoff);
+        let marks = mark::mark_released(&stripped, &catalog, options, &released).unwrap();
+        assert!(
+            !marks
+                .blobs
+                .contains(stripped.blobs.index(&manifest).unwrap())
+        );
+
+        let reprieve = remark_released(&storage, &scanned, &marks, &catalog, options, 4, &released)
+            .await
+            .unwrap();
+        assert_eq!(
+            reprieve,
+            Reprieve::default(),
+            "nothing changed, nothing spared"
+        );
+
+        // The tag is pushed again (its current/link written anew) before the sweep.
+        std::thread::sleep(Duration::from_millis(20));
+        link(root, &layout::tag_current_link("app", "v1"), &manifest);
+        let reprieve = remark_released(&storage, &scanned, &marks, &catalog, options, 4, &released)
+            .await
+            .unwrap();
+        assert!(reprieve.repositories.contains("app"));
+        for digest in [manifest, config, layer] {
+            assert!(reprieve.blobs.contains(&digest), "{digest} not spared");
+        }
     }
 
     #[tokio::test]
