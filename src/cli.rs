@@ -4,7 +4,7 @@ use std::ffi::OsStr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::builder::TypedValueParser;
+use clap::builder::{Resettable, TypedValueParser};
 use clap::error::ErrorKind;
 use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
 use regsweep::restart::redis::RedisUrl;
@@ -91,13 +91,16 @@ pub enum Command {
 }
 
 #[derive(Debug, Args)]
+// CONFIG may stand beside --storage here: with --storage, clap takes the first target for CONFIG
+// (positionals fill in order), and `main` moves it back among the targets.
+#[command(mut_arg("config", |config| config.conflicts_with(Resettable::Reset).index(1)))]
 pub struct DeleteArgs {
     #[command(flatten)]
     pub gc: GcArgs,
 
     /// What to remove: REPOSITORY, REPOSITORY:TAG or REPOSITORY@sha256:<hex>.
     // At least one: clap cannot require it after the optional CONFIG, so `main` does.
-    #[arg(value_name = "TARGET", value_parser = parse_target)]
+    #[arg(value_name = "TARGET", index = 2, value_parser = parse_target)]
     pub targets: Vec<Target>,
 
     /// REPOSITORY@DIGEST also removes the tags that point at the manifest (as the registry's

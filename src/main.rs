@@ -26,7 +26,7 @@ use regsweep::report::{Summary, error_chain};
 use regsweep::restart::{CommandOutcome, Forget, run_command};
 use regsweep::run_id::RunId;
 use regsweep::scan;
-use regsweep::select::{Policy, Request, SimpleRule};
+use regsweep::select::{Policy, Request, SimpleRule, Target};
 use regsweep::storage::fault::{HANG_AFTER_DELETES_ENV, HangAfterDeletes};
 use regsweep::storage::{self, Storage, requests::RequestCounter};
 
@@ -96,7 +96,22 @@ fn location_config(
     })
 }
 
-async fn delete(args: DeleteArgs, quiet: bool) -> Result<ExitCode> {
+async fn delete(mut args: DeleteArgs, quiet: bool) -> Result<ExitCode> {
+    // With --storage, the first positional (which clap takes for CONFIG) is the first target.
+    if args.gc.storage.is_some()
+        && let Some(first) = args.gc.config.take()
+    {
+        let first = first.to_string_lossy();
+        match Target::parse(&first) {
+            Ok(target) => args.targets.insert(0, target),
+            Err(e) => Cli::command()
+                .error(
+                    clap::error::ErrorKind::ValueValidation,
+                    format!("delete: {e}"),
+                )
+                .exit(),
+        }
+    }
     if args.targets.is_empty() {
         Cli::command()
             .error(

@@ -366,6 +366,21 @@ fn delete_refuses_missing_targets_and_tagged_digests_and_changes_nothing() {
     }
     let bad = regsweep(&["delete", &config, "Team/App:v1"]);
     assert_eq!(bad.status.code(), Some(2), "{}", bad.describe());
+    // With --storage instead of CONFIG, the first positional is a target.
+    let storage = root.to_string_lossy().into_owned();
+    let missing = regsweep(&[
+        "delete",
+        "--storage",
+        &storage,
+        "team/app:v9",
+        "team/app:v2",
+    ]);
+    assert_eq!(missing.status.code(), Some(1), "{}", missing.describe());
+    assert!(
+        missing.stderr.contains("tag team/app:v9 does not exist"),
+        "{}",
+        missing.describe()
+    );
     assert_eq!(
         snapshot_diff(&before, &tree_snapshot(&root)),
         Vec::<String>::new(),
