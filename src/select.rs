@@ -1103,6 +1103,80 @@ mod tests {
     }
 
     #[test]
+    fn a_removed_repository_loses_its_old_uploads_and_their_multipart_uploads() {
+        use crate::scan::Upload;
+        use crate::storage::{MultipartUpload, ObjectMeta};
+        let upload = |repo: &str, id: &str, age: Duration| Upload {
+            id: id.into(),
+            files: vec![ObjectMeta {
+                key: format!("{}_uploads/{id}/data", layout::repository(repo)),
+                size: 5,
+                modified: now() - age,
+            }],
+        };
+        let multipart = |repo: &str, id: &str| MultipartUpload {
+            key: format!("{}_uploads/{id}/data", layout::repository(repo)),
+            upload_id: format!("mp-{id}"),
+            initiated: now() - DAY,
+        };
+        let mut gone = repo("gone", vec![tag("v1", 1, DAY)], &[1]);
+        gone.uploads = vec![
+            upload("gone", "old", DAY),
+            upload("gone", "pushing", Duration::ZERO),
+        ];
+        let mut kept = repo("kept", vec![tag("v1", 2, DAY)], &[2]);
+        kept.uploads = vec![upload("kept", "old", DAY)];
+        let mut inv = inventory(vec![gone, kept]);
+        inv.multipart_uploads = vec![
+            multipart("gone", "old"),
+            multipart("gone", "pushing"),
+            multipart("gone", "orphan"),
+            multipart("kept", "old"),
+        ];
+        let selection = select_targets(&inv, &[Target::parse("gone").unwrap()], false).unwrap();
+        let deletions = strip(&mut inv, &selection, now() - HOUR);
+
+        let kinds: Vec<(Phase, Kind, Vec<String>)> = deletions
+            .iter()
+            .map(|d| (d.phase, d.kind, d.keys(&inv.blobs)))
+            .collect();
+        let data = |id: &str| format!("{}_uploads/{id}/data", layout::repository("gone"));
+        assert_eq!(
+            kinds,
+            [
+                (
+                    Phase::Untag,
+                    Kind::RemovedTag,
+                    vec![
+                        layout::tag_index_link("gone", "v1", &d(1)),
+                        layout::tag_current_link("gone", "v1"),
+                    ]
+                ),
+                (Phase::Repositories, Kind::Upload, vec![data("old")]),
+                (
+                    Phase::Repositories,
+                    Kind::MultipartUpload,
+                    vec![data("old")]
+                ),
+                (
+                    Phase::Repositories,
+                    Kind::MultipartUpload,
+                    vec![data("orphan")]
+                ),
+            ]
+        );
+        // The push in progress stays, and keeps its repository; `kept` is untouched.
+        assert_eq!(inv.repositories[0].uploads.len(), 1);
+        assert_eq!(inv.repositories[1].uploads.len(), 1);
+        let left: Vec<&str> = inv
+            .multipart_uploads
+            .iter()
+            .map(|m| m.upload_id.as_str())
+            .collect();
+        assert_eq!(left, ["mp-pushing", "mp-old"]);
+    }
+
+    #[test]
     fn the_closure_of_a_removed_tag_is_released_within_its_repository() {
         // app: tag multi → index 10 (children 11, 12); 13 is a referrer of 10; 14 untagged
         // and unrelated; the same index is also a revision of `other`.
