@@ -4,12 +4,13 @@ use std::ffi::OsStr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::builder::TypedValueParser;
+use clap::builder::{Resettable, TypedValueParser};
 use clap::error::ErrorKind;
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
 use regsweep::restart::redis::RedisUrl;
 use regsweep::restart::webhook::WebhookUrl;
 use regsweep::run_id::RunId;
+use regsweep::select::Target;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -59,6 +60,90 @@ pub enum Command {
             well; 1 on any error; 2 for bad usage."
     )]
     Purge(PurgeArgs),
+    /// Remove repositories, tags or manifests straight from the storage, then collect what became
+    /// garbage.
+    #[command(
+        after_help = "TARGET is REPOSITORY (the whole repository), REPOSITORY:TAG, or \
+            REPOSITORY@sha256:<hex> (the manifest; refused while tags point at it unless \
+            --with-tags). A manifest a tag that stays points at, or that a kept multi-arch index \
+            lists, is never deleted with a tag; named by digest, it refuses the run. Deleting the \
+            last tag of a repository deletes the repository. The same run then sweeps what became \
+            garbage, with the grace period, run lock and re-mark of `gc`. A target that does not \
+            exist refuses the whole run: nothing is deleted.\n\nExit status: 0 when everything \
+            went well; 1 when the run was refused or something failed (see the summary); 2 for \
+            bad usage."
+    )]
+    Delete(Box<DeleteArgs>),
+    /// Remove tags by retention rules, then collect what became garbage.
+    #[command(
+        after_help = "Rules come from --policy FILE (JSON: {\"rules\": [{\"repositories\": \
+            \"team/**\", \"keep_last\": 10, \"keep_tags\": \"^v\\\\d+\", \
+            \"delete_older_than\": \"90d\", \"delete_untagged\": true}]}) or from the flags \
+            --repositories, --keep-last, --keep-tags, --older-than and -m. The first rule whose \
+            glob matches a repository decides for it. A tag stays when any keep rule keeps it; \
+            otherwise it goes when it is older than delete_older_than, or, without \
+            delete_older_than, whenever the rule has a keep rule. Push time is the modification \
+            time of the tag's current/link. --dry-run prints every decision with its rule.\n\n\
+            Exit status: 0 when everything went well; 1 when the run was refused or something \
+            failed (see the summary); 2 for bad usage."
+    )]
+    Prune(Box<PruneArgs>),
+}
+
+#[derive(Debug, Args)]
+// CONFIG may stand beside --storage here: with --storage, clap takes the first target for CONFIG
+// (positionals fill in order), and `main` moves it back among the targets.
+#[command(mut_arg("config", |config| config.conflicts_with(Resettable::Reset).index(1)))]
+pub struct DeleteArgs {
+    #[command(flatten)]
+    pub gc: GcArgs,
+
+    /// What to remove: REPOSITORY, REPOSITORY:TAG or REPOSITORY@sha256:<hex>.
+    // At least one: clap cannot require it after the optional CONFIG, so `main` does.
+    #[arg(value_name = "TARGET", index = 2, value_parser = parse_target)]
+    pub targets: Vec<Target>,
+
+    /// REPOSITORY@DIGEST also removes the tags that point at the manifest (as the registry's
+    /// DELETE does); without it, such a target is refused naming the tags.
+    #[arg(long)]
+    pub with_tags: bool,
+}
+
+#[derive(Debug, Args)]
+#[command(group(
+    ArgGroup::new("rules")
+        .required(true)
+        .multiple(true)
+        .args(["policy", "keep_last", "keep_tags", "older_than", "delete_untagged"])
+))]
+pub struct PruneArgs {
+    #[command(flatten)]
+    pub gc: GcArgs,
+
+    /// The retention rules, as JSON (see README: Prune).
+    #[arg(
+        long,
+        value_name = "FILE",
+        conflicts_with_all = ["repositories", "keep_last", "keep_tags", "older_than"]
+    )]
+    pub policy: Option<PathBuf>,
+
+    /// Only the repositories this glob matches (`*` within a path component, `**` across them);
+    /// default: every repository.
+    #[arg(long, value_name = "GLOB")]
+    pub repositories: Option<String>,
+
+    /// Keep the N most recently pushed tags of each repository (ties at the N-th are all kept).
+    #[arg(long, value_name = "N")]
+    pub keep_last: Option<usize>,
+
+    /// Keep the tags this regular expression matches (anywhere in the tag unless anchored).
+    #[arg(long, value_name = "REGEX")]
+    pub keep_tags: Option<String>,
+
+    /// Delete the tags no keep rule keeps that were pushed longer ago than this (e.g. 90d).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub older_than: Option<Duration>,
 }
 
 /// Where the storage is, for `restore` and `purge`.
@@ -98,6 +183,11 @@ pub struct RestoreArgs {
     /// Output: a text summary, or one JSON object on stdout (logs stay on stderr).
     #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
     pub format: OutputFormat,
+
+    /// Write the summary's counters to FILE as Prometheus gauges for node_exporter's textfile
+    /// collector, replaced atomically, also when the run is refused.
+    #[arg(long, value_name = "FILE")]
+    pub metrics_file: Option<PathBuf>,
 
     #[command(flatten)]
     pub lock: LockArgs,
@@ -141,6 +231,11 @@ pub struct PurgeArgs {
     /// Output: a text summary, or one JSON object on stdout (logs stay on stderr).
     #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
     pub format: OutputFormat,
+
+    /// Write the summary's counters to FILE as Prometheus gauges for node_exporter's textfile
+    /// collector, replaced atomically, also when the run is refused.
+    #[arg(long, value_name = "FILE")]
+    pub metrics_file: Option<PathBuf>,
 
     #[command(flatten)]
     pub lock: LockArgs,
@@ -189,6 +284,11 @@ pub struct GcArgs {
     #[arg(long, value_name = "FILE")]
     pub plan_file: Option<PathBuf>,
 
+    /// Write the summary's counters to FILE as Prometheus gauges for node_exporter's textfile
+    /// collector, replaced atomically, also when the run is refused.
+    #[arg(long, value_name = "FILE")]
+    pub metrics_file: Option<PathBuf>,
+
     /// Run through `sh -c` before anything is read (not in dry runs): e.g. switch the registry to
     /// read-only, for a collection with no window at all. Its failure stops the run.
     #[arg(long, value_name = "CMD")]
@@ -234,6 +334,11 @@ pub enum OutputFormat {
 pub enum LogFormat {
     Text,
     Json,
+}
+
+/// A `delete` target: `REPOSITORY`, `REPOSITORY:TAG` or `REPOSITORY@DIGEST`.
+fn parse_target(text: &str) -> Result<Target, String> {
+    Target::parse(text).map_err(|e| e.to_string())
 }
 
 /// A run ID as `gc --quarantine` printed it.

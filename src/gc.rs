@@ -20,7 +20,8 @@ use crate::remark;
 use crate::report::{Summary, error_chain};
 use crate::restart::Deleted;
 use crate::run_id::RunId;
-use crate::scan::{self, Inventory, ScanError};
+use crate::scan::{self, Inventory, Repository, ScanError};
+use crate::select::{self, Decision, Released, Request, SelectError, Selection};
 use crate::storage::Storage;
 use crate::sweep;
 
@@ -49,6 +50,8 @@ pub enum GcError {
     Scan(#[from] ScanError),
     #[error(transparent)]
     Absence(#[from] AbsenceError),
+    #[error("refusing to delete anything: {0}")]
+    Select(#[from] SelectError),
     #[error("refusing to delete anything:\n  {}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n  "))]
     FailClosed(Vec<MarkError>),
 }
@@ -64,6 +67,12 @@ pub struct Collection {
     marks: MarkSet,
     mark_options: MarkOptions,
     plan: SweepPlan,
+    /// What `delete` or `prune` took away before the mark (empty for `gc`).
+    released: Released,
+    /// The repositories as scanned, when a selection took tags out of `inventory`: the re-mark
+    /// compares the storage with what the scan saw, and the summary counts what was found.
+    scanned: Option<Vec<Repository>>,
+    decisions: Vec<Decision>,
 }
 
 /// One key of the plan, as `--plan-file` writes it.
@@ -87,17 +96,41 @@ impl Collection {
         storage: Arc<dyn Storage>,
         options: GcOptions,
     ) -> Result<Collection, GcError> {
+        Collection::prepare_inner(storage, options, None).await
+    }
+
+    /// Scans, takes away what `request` selects (`delete`, `prune`: see [`crate::select`]), then
+    /// marks and plans, so that the sweep removes the selection and the garbage it makes. Reads
+    /// only; a target that does not exist, or a manifest named by digest that something kept
+    /// still reaches, refuses the whole run.
+    pub async fn prepare_selected(
+        storage: Arc<dyn Storage>,
+        options: GcOptions,
+        request: &Request,
+    ) -> Result<Collection, GcError> {
+        Collection::prepare_inner(storage, options, Some(request)).await
+    }
+
+    async fn prepare_inner(
+        storage: Arc<dyn Storage>,
+        options: GcOptions,
+        request: Option<&Request>,
+    ) -> Result<Collection, GcError> {
         let started = Instant::now();
         let now = SystemTime::now();
         let concurrency = options.concurrency.max(1);
 
         info!(storage = %storage, "scanning");
-        let inventory = scan::scan(&storage, concurrency).await?;
+        let mut inventory = scan::scan(&storage, concurrency).await?;
         info!(
             repositories = inventory.repositories.len(),
             blobs = inventory.blobs.len(),
             "scanned"
         );
+        let selection = request
+            .map(|request| request.select(&inventory, now, before(now, options.min_age)))
+            .transpose()?
+            .unwrap_or_default();
 
         let catalog = mark::load_manifests(&storage, &inventory, concurrency).await;
         let looked_up = absence::confirm(&storage, &inventory, &catalog, now, concurrency).await?;
@@ -109,14 +142,29 @@ impl Collection {
             delete_untagged: options.delete_untagged,
             cutoff: before(now, options.min_age),
         };
-        let marks = mark::mark(&inventory, &catalog, mark_options).map_err(GcError::FailClosed)?;
+        let mut released = selection.released.clone();
+        let mut scanned = None;
+        let mut removed = Vec::new();
+        if request.is_some() {
+            select::release_closure(&inventory, &catalog, &mut released);
+            scanned = Some(inventory.repositories.clone());
+            removed = select::strip(&mut inventory, &selection, mark_options.cutoff);
+            info!(
+                tags_removed = released.tag_count(),
+                manifests_released = released.revision_count(),
+                "selected"
+            );
+        }
+        let marks = mark::mark_released(&inventory, &catalog, mark_options, &released)
+            .map_err(GcError::FailClosed)?;
         info!(
             manifests_read = catalog.len(),
             blobs_marked = marks.blobs.len(),
             "marked"
         );
+        refuse_kept_requests(&inventory, &marks, &selection, mark_options.cutoff)?;
 
-        let plan = plan::plan(
+        let mut plan = plan::plan(
             &inventory,
             &marks,
             PlanOptions {
@@ -124,6 +172,11 @@ impl Collection {
                 upload_cutoff: before(now, options.upload_max_age),
             },
         );
+        if !removed.is_empty() {
+            plan.deletions.extend(removed);
+            // Stable: within a phase, the plan's own order stays.
+            plan.deletions.sort_by_key(|d| d.phase);
+        }
         info!(deletions = plan.deletions.len(), "planned");
         Ok(Collection {
             storage,
@@ -134,7 +187,33 @@ impl Collection {
             marks,
             mark_options,
             plan,
+            released,
+            scanned,
+            decisions: selection.decisions,
         })
+    }
+
+    /// Every tag `delete` or `prune` decided, with the rule that decided it.
+    pub fn decisions(&self) -> &[Decision] {
+        &self.decisions
+    }
+
+    /// Swaps the inventory's repositories as scanned with those left after the selection (a
+    /// second call swaps them back): the re-mark and the summary look at what the scan found.
+    /// Both index their repositories and layer links alike ([`select::strip`] removes neither), so
+    /// the plan's targets name the same objects in either.
+    fn swap_scanned(&mut self) {
+        if let Some(scanned) = self.scanned.as_mut() {
+            debug_assert!(
+                scanned.len() == self.inventory.repositories.len()
+                    && scanned
+                        .iter()
+                        .zip(&self.inventory.repositories)
+                        .all(|(a, b)| a.name == b.name && a.layer_links == b.layer_links),
+                "a selection changed the repositories or layer links the plan indexes"
+            );
+            std::mem::swap(&mut self.inventory.repositories, scanned);
+        }
     }
 
     /// Every key the sweep deletes, in order.
@@ -157,12 +236,15 @@ impl Collection {
     /// pushes made live since the scan; if it fails, nothing is deleted. Once `halt` is set (the run
     /// lock was lost), no further deletion starts.
     pub async fn run(mut self, halt: Arc<AtomicBool>) -> Summary {
+        self.swap_scanned();
         let mut summary = Summary::of_inventory(
             &self.inventory,
             self.storage.to_string(),
             self.options.dry_run,
         );
+        self.swap_scanned();
         summary.warnings = std::mem::take(&mut self.marks.warnings);
+        summary.decisions = std::mem::take(&mut self.decisions);
         if self.options.dry_run {
             summary.count_plan(&self.plan, &self.inventory);
         } else {
@@ -236,15 +318,20 @@ impl Collection {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         }
-        let reprieve = remark::remark(
+        // The re-mark compares the storage with what the scan saw, selection or not.
+        self.swap_scanned();
+        let reprieve = remark::remark_released(
             &self.storage,
             &self.inventory,
             &self.marks,
             &self.catalog,
             self.mark_options,
             self.options.concurrency.max(1),
+            &self.released,
         )
-        .await?;
+        .await;
+        self.swap_scanned();
+        let reprieve = reprieve?;
         let spared = self.plan.spare(&self.inventory, &reprieve);
         if spared > 0 {
             info!(
@@ -255,6 +342,48 @@ impl Collection {
         }
         Ok(spared)
     }
+}
+
+/// Refuses a selection whose manifests named by digest would stay: something kept (a tag on the
+/// same digest, an index listing it, a referrer's subject…) reaches them, or they are younger than
+/// the grace period. Deleting their revision link would break what reaches them.
+fn refuse_kept_requests(
+    inventory: &Inventory,
+    marks: &MarkSet,
+    selection: &Selection,
+    cutoff: SystemTime,
+) -> Result<(), SelectError> {
+    for (name, digest) in &selection.requested {
+        let Ok(r) = inventory
+            .repositories
+            .binary_search_by(|repo| repo.name.as_str().cmp(name))
+        else {
+            continue;
+        };
+        let repo = &inventory.repositories[r];
+        let young = repo
+            .revisions
+            .iter()
+            .any(|l| l.digest == *digest && l.modified > cutoff);
+        let live = inventory
+            .blobs
+            .index(digest)
+            .is_some_and(|i| marks.repositories[r].manifests.contains(i));
+        let reason = if young {
+            "it was pushed within --min-age"
+        } else if live {
+            "a tag or manifest that stays refers to it (a multi-arch index listing it, or a tag on \
+             the same digest)"
+        } else {
+            continue;
+        };
+        return Err(SelectError::StillReferenced {
+            repository: name.clone(),
+            digest: *digest,
+            reason: reason.to_owned(),
+        });
+    }
+    Ok(())
 }
 
 /// Printed on stderr when [`GcOptions::pause_before_sweep`] makes the run wait.

@@ -8,10 +8,11 @@
 //! - [`scan`]: one concurrent listing into an [`scan::Inventory`];
 //! - [`manifest`] and [`mark`]: what is live, as a compact bitmap over the blobs;
 //! - [`absence`]: a referenced blob the listing did not return is confirmed gone before the mark;
+//! - [`select`]: what `delete` and `prune` take away (tags removed, manifests released) — pure;
 //! - [`plan`]: what goes, in a crash-safe order — pure, so a dry run is exact;
 //! - [`remark`]: just before the sweep, what pushes made live since the scan is spared;
 //! - [`sweep`]: batched, concurrent deletion;
-//! - [`report`]: the summary for people and schedulers;
+//! - [`report`]: the summary for people and schedulers, and [`metrics`], as a Prometheus textfile;
 //! - [`restart`]: make the registry forget deleted blobs;
 //! - [`quarantine`]: `--quarantine` moves instead of deleting; restore and purge.
 //!
@@ -26,6 +27,7 @@ pub mod layout;
 pub mod lock;
 pub mod manifest;
 pub mod mark;
+pub mod metrics;
 pub mod plan;
 pub mod quarantine;
 pub mod remark;
@@ -33,5 +35,6 @@ pub mod report;
 pub mod restart;
 pub mod run_id;
 pub mod scan;
+pub mod select;
 pub mod storage;
 pub mod sweep;

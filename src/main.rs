@@ -3,27 +3,30 @@
 mod cli;
 
 use std::io::{IsTerminal, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::SystemTime;
 
 use anyhow::{Context, Result};
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use tracing_subscriber::EnvFilter;
 
 use cli::{
-    Cli, Command, GcArgs, LockArgs, LogFormat, OutputFormat, PurgeArgs, RestoreArgs, StorageArgs,
+    Cli, Command, DeleteArgs, GcArgs, LockArgs, LogFormat, OutputFormat, PruneArgs, PurgeArgs,
+    RestoreArgs, StorageArgs,
 };
 use regsweep::config::{self, StorageConfig};
 use regsweep::gc::{Collection, GcOptions};
 use regsweep::lock::{LockOptions, RunLock};
-use regsweep::quarantine::{self, PurgeOptions, RestoreOptions};
+use regsweep::metrics::{self, Exported};
+use regsweep::quarantine::{self, PurgeOptions, PurgeSummary, RestoreOptions, RestoreSummary};
 use regsweep::report::{Summary, error_chain};
 use regsweep::restart::{CommandOutcome, Forget, run_command};
 use regsweep::run_id::RunId;
 use regsweep::scan;
+use regsweep::select::{Policy, Request, SimpleRule, Target};
 use regsweep::storage::fault::{HANG_AFTER_DELETES_ENV, HangAfterDeletes};
 use regsweep::storage::{self, Storage, requests::RequestCounter};
 
@@ -38,7 +41,9 @@ fn main() -> ExitCode {
         .build()
         .expect("tokio runtime");
     let result = match cli.command {
-        Command::Gc(args) => runtime.block_on(gc(*args, cli.quiet)),
+        Command::Gc(args) => runtime.block_on(gc(*args, "gc", None, cli.quiet)),
+        Command::Delete(args) => runtime.block_on(delete(*args, cli.quiet)),
+        Command::Prune(args) => runtime.block_on(prune(*args, cli.quiet)),
         Command::Restore(args) => runtime.block_on(restore(args, cli.quiet)),
         Command::Purge(args) => runtime.block_on(purge(args, cli.quiet)),
     };
@@ -96,9 +101,108 @@ fn location_config(
     })
 }
 
-async fn gc(args: GcArgs, quiet: bool) -> Result<ExitCode> {
+async fn delete(mut args: DeleteArgs, quiet: bool) -> Result<ExitCode> {
+    // With --storage, the first positional (which clap takes for CONFIG) is the first target.
+    if args.gc.storage.is_some()
+        && let Some(first) = args.gc.config.take()
+    {
+        let first = first.to_string_lossy();
+        match Target::parse(&first) {
+            Ok(target) => args.targets.insert(0, target),
+            Err(e) => Cli::command()
+                .error(
+                    clap::error::ErrorKind::ValueValidation,
+                    format!("delete: {e}"),
+                )
+                .exit(),
+        }
+    }
+    if args.targets.is_empty() {
+        Cli::command()
+            .error(
+                clap::error::ErrorKind::MissingRequiredArgument,
+                "delete: name at least one TARGET (REPOSITORY, REPOSITORY:TAG or REPOSITORY@DIGEST)",
+            )
+            .exit();
+    }
+    let request = Request::Delete {
+        targets: args.targets,
+        with_tags: args.with_tags,
+    };
+    gc(args.gc, "delete", Some(request), quiet).await
+}
+
+async fn prune(mut args: PruneArgs, quiet: bool) -> Result<ExitCode> {
+    let policy = match &args.policy {
+        Some(path) => {
+            if args.gc.delete_untagged {
+                Cli::command()
+                    .error(
+                        clap::error::ErrorKind::ArgumentConflict,
+                        "prune: with --policy, untagged manifests go by the rules' \
+                         \"delete_untagged\": true, not -m",
+                    )
+                    .exit();
+            }
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read the policy {}", path.display()))?;
+            Policy::from_json(&text).with_context(|| path.display().to_string())?
+        }
+        None => Policy::simple(SimpleRule {
+            repositories: args.repositories.take(),
+            keep_last: args.keep_last,
+            keep_tags: args.keep_tags.take(),
+            delete_older_than: args.older_than,
+            delete_untagged: args.gc.delete_untagged,
+        })?,
+    };
+    // Untagged manifests go by the rules, repository by repository, not everywhere.
+    args.gc.delete_untagged = false;
+    gc(args.gc, "prune", Some(Request::Prune(policy)), quiet).await
+}
+
+/// `gc`, `delete` and `prune`: a collection, after `request` took away what it selects.
+async fn gc(
+    args: GcArgs,
+    command: &'static str,
+    request: Option<Request>,
+    quiet: bool,
+) -> Result<ExitCode> {
+    let mut run = collect_and_forget(&args, command, request, quiet).await;
+    if let Some(path) = &args.metrics_file {
+        write_metrics(path, command, args.dry_run, &mut run);
+    }
+    let summary = run?;
+    finish(&summary, summary.errors, args.format, quiet)
+}
+
+/// Writes the metrics file of a run — of a refused one too, so that an alert on `regsweep_errors`
+/// sees it. Failing to write it is an error of the run.
+fn write_metrics<T: Exported>(path: &Path, command: &str, dry_run: bool, run: &mut Result<T>) {
+    let now = SystemTime::now();
+    let text = match run {
+        Ok(summary) => metrics::render(&*summary, command, now),
+        Err(_) => metrics::render_refused(command, dry_run, now),
+    };
+    if let Err(e) = metrics::write_atomically(path, &text) {
+        let message = format!("cannot write the metrics file {}: {e}", path.display());
+        match run {
+            Ok(summary) => summary.add_error(message),
+            Err(_) => tracing::error!("{message}"),
+        }
+    }
+}
+
+/// Everything of a collection but printing its summary: lock, hooks, scan to sweep, and making the
+/// registry forget what went.
+async fn collect_and_forget(
+    args: &GcArgs,
+    command: &str,
+    request: Option<Request>,
+    quiet: bool,
+) -> Result<Summary> {
     let counter = RequestCounter::default();
-    let storage = storage::open(&storage_config(&args)?, &counter)
+    let storage = storage::open(&storage_config(args)?, &counter)
         .context("cannot open the registry's storage")?;
     let storage = with_test_faults(storage)?;
     let run = RunId::new(SystemTime::now());
@@ -108,7 +212,7 @@ async fn gc(args: GcArgs, quiet: bool) -> Result<ExitCode> {
     let lock = if args.dry_run {
         None
     } else {
-        Some(take_lock(&storage, &run, "gc", &args.lock).await?)
+        Some(take_lock(&storage, &run, command, &args.lock).await?)
     };
     let halt = lock
         .as_ref()
@@ -125,7 +229,17 @@ async fn gc(args: GcArgs, quiet: bool) -> Result<ExitCode> {
             outcome.command,
             outcome.status
         )),
-        _ => collect(&args, &run, storage, Arc::clone(&halt), quiet).await,
+        _ => {
+            collect(
+                args,
+                request.as_ref(),
+                &run,
+                storage,
+                Arc::clone(&halt),
+                quiet,
+            )
+            .await
+        }
     };
     // Whatever happened once the pre-command started, the post-command undoes it.
     let post = match &args.post_command {
@@ -162,24 +276,14 @@ async fn gc(args: GcArgs, quiet: bool) -> Result<ExitCode> {
     forget.run(&mut summary, &counter).await;
 
     summary.requests = counter.snapshot();
-    match args.format {
-        OutputFormat::Json => {
-            serde_json::to_writer(std::io::stdout().lock(), &summary)?;
-            println!();
-        }
-        OutputFormat::Text if !quiet || summary.errors > 0 => println!("{summary}"),
-        OutputFormat::Text => {}
-    }
-    Ok(if summary.errors == 0 {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    Ok(summary)
 }
 
-/// Scans, marks, plans, writes the plan where asked, and sweeps (unless this is a dry run).
+/// Scans, takes away what `request` selects, marks, plans, writes the plan where asked, and sweeps
+/// (unless this is a dry run).
 async fn collect(
     args: &GcArgs,
+    request: Option<&Request>,
     run: &RunId,
     storage: Arc<dyn Storage>,
     halt: Arc<AtomicBool>,
@@ -194,7 +298,10 @@ async fn collect(
         pause_before_sweep: std::env::var_os(PAUSE_BEFORE_SWEEP_ENV).map(PathBuf::from),
         quarantine: args.quarantine.then(|| run.clone()),
     };
-    let collection = Collection::prepare(storage, options).await?;
+    let collection = match request {
+        Some(request) => Collection::prepare_selected(storage, options, request).await?,
+        None => Collection::prepare(storage, options).await?,
+    };
 
     if let Some(path) = &args.plan_file {
         write_plan(&collection, path)
@@ -202,6 +309,17 @@ async fn collect(
     }
     if args.dry_run && args.format == OutputFormat::Text && !quiet {
         let mut out = std::io::stdout().lock();
+        for decision in collection.decisions() {
+            let digest = decision.digest.map(|d| d.to_string()).unwrap_or_default();
+            writeln!(
+                out,
+                "{}\t{}:{}\t{digest}\t{}",
+                decision.action.as_str(),
+                decision.repository,
+                decision.tag,
+                decision.rule
+            )?;
+        }
         for entry in collection.plan_entries() {
             writeln!(
                 out,
@@ -314,10 +432,19 @@ fn finish<T: serde::Serialize + std::fmt::Display>(
 }
 
 async fn restore(args: RestoreArgs, quiet: bool) -> Result<ExitCode> {
+    let mut run = run_restore(&args).await;
+    if let Some(path) = &args.metrics_file {
+        write_metrics(path, "restore", args.dry_run, &mut run);
+    }
+    let summary = run?;
+    finish(&summary, summary.errors, args.format, quiet)
+}
+
+async fn run_restore(args: &RestoreArgs) -> Result<RestoreSummary> {
     let counter = RequestCounter::default();
     let storage = open_location(&args.location, &counter)?;
     let options = RestoreOptions {
-        run: args.run,
+        run: args.run.clone(),
         dry_run: args.dry_run,
         concurrency: concurrency(args.concurrency, &storage),
     };
@@ -326,15 +453,24 @@ async fn restore(args: RestoreArgs, quiet: bool) -> Result<ExitCode> {
     release(lock).await;
     let mut summary = restored?;
     summary.requests = counter.snapshot();
-    finish(&summary, summary.errors, args.format, quiet)
+    Ok(summary)
 }
 
 async fn purge(args: PurgeArgs, quiet: bool) -> Result<ExitCode> {
+    let mut run = run_purge(&args).await;
+    if let Some(path) = &args.metrics_file {
+        write_metrics(path, "purge", args.dry_run, &mut run);
+    }
+    let summary = run?;
+    finish(&summary, summary.errors, args.format, quiet)
+}
+
+async fn run_purge(args: &PurgeArgs) -> Result<PurgeSummary> {
     let counter = RequestCounter::default();
     let storage = open_location(&args.location, &counter)?;
     let options = PurgeOptions {
         older_than: args.older_than,
-        run: args.run,
+        run: args.run.clone(),
         dry_run: args.dry_run,
         concurrency: concurrency(args.concurrency, &storage),
         now: std::time::SystemTime::now(),
@@ -344,5 +480,5 @@ async fn purge(args: PurgeArgs, quiet: bool) -> Result<ExitCode> {
     release(lock).await;
     let mut summary = purged?;
     summary.requests = counter.snapshot();
-    finish(&summary, summary.errors, args.format, quiet)
+    Ok(summary)
 }

@@ -23,6 +23,7 @@ use crate::digest::{Digest, DigestError};
 use crate::layout;
 use crate::manifest::{ManifestKind, ManifestRefs, parse_manifest};
 use crate::scan::{BlobUniverse, Inventory, Repository};
+use crate::select::Released;
 use crate::storage::Storage;
 
 /// Larger documents are not treated as manifests (the registry itself refuses far smaller ones).
@@ -333,6 +334,17 @@ pub fn mark(
     catalog: &ManifestCatalog,
     options: MarkOptions,
 ) -> Result<MarkSet, Vec<MarkError>> {
+    mark_released(inventory, catalog, options, &Released::default())
+}
+
+/// [`mark`], where the revisions `released` names are no roots even without `delete_untagged`
+/// (`delete` and `prune`): they stay only if something live reaches them, or while they are young.
+pub fn mark_released(
+    inventory: &Inventory,
+    catalog: &ManifestCatalog,
+    options: MarkOptions,
+    released: &Released,
+) -> Result<MarkSet, Vec<MarkError>> {
     let mut set = MarkSet::default();
     let mut errors = Vec::new();
     for repo in &inventory.repositories {
@@ -341,6 +353,7 @@ pub fn mark(
             &inventory.blobs,
             catalog,
             options,
+            released.revisions.get(&repo.name),
             &mut errors,
             &mut set.warnings,
         );
@@ -369,6 +382,7 @@ fn mark_repository(
     universe: &BlobUniverse,
     catalog: &ManifestCatalog,
     options: MarkOptions,
+    released: Option<&HashSet<Digest>>,
     errors: &mut Vec<MarkError>,
     warnings: &mut Vec<String>,
 ) -> RepositoryMarks {
@@ -409,8 +423,10 @@ fn mark_repository(
             push(&mut pending, &entry.digest);
         }
     }
+    let is_released = |digest: &Digest| released.is_some_and(|r| r.contains(digest));
     for revision in &repo.revisions {
-        if !options.delete_untagged || young(revision.modified) {
+        let root = !options.delete_untagged && !is_released(&revision.digest);
+        if root || young(revision.modified) {
             push(&mut pending, &revision.digest);
         }
     }

@@ -23,6 +23,9 @@ use crate::storage::{MultipartUpload, ObjectMeta};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Phase {
+    /// Tags removed on request (`delete`, `prune`): first, so that no crash leaves a tag naming a
+    /// manifest the sweep already removed.
+    Untag,
     Manifests,
     LayerLinks,
     Tags,
@@ -33,7 +36,8 @@ pub enum Phase {
 }
 
 impl Phase {
-    pub const ALL: [Phase; 7] = [
+    pub const ALL: [Phase; 8] = [
+        Phase::Untag,
         Phase::Manifests,
         Phase::LayerLinks,
         Phase::Tags,
@@ -46,6 +50,7 @@ impl Phase {
     /// The name used in plans and summaries.
     pub fn as_str(self) -> &'static str {
         match self {
+            Phase::Untag => "untag",
             Phase::Manifests => "manifests",
             Phase::LayerLinks => "layer_links",
             Phase::Tags => "tags",
@@ -69,6 +74,8 @@ pub enum Kind {
     LayerLink,
     /// A whole tag directory whose `current/link` points at nothing in storage.
     Tag,
+    /// A whole tag directory removed on request (`delete`, `prune`).
+    RemovedTag,
     Blob,
     Upload,
     /// An S3 multipart upload of a stale upload, aborted rather than deleted.
@@ -213,7 +220,7 @@ impl Deletion {
         }
         let whole = matches!(
             self.phase,
-            Phase::Tags | Phase::Repositories | Phase::Uploads
+            Phase::Untag | Phase::Tags | Phase::Repositories | Phase::Uploads
         );
         keys.iter().any(|key| {
             let parsed = layout::parse_repository_key(key);

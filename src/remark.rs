@@ -27,6 +27,7 @@ use crate::manifest::{ManifestRefs, parse_manifest};
 use crate::mark::{MAX_MANIFEST_BYTES, ManifestCatalog, MarkOptions, MarkSet, RepositoryMarks};
 use crate::plan::Reprieve;
 use crate::scan::{self, Inventory, Link, Repository, ScanError};
+use crate::select::Released;
 use crate::storage::{Storage, StorageError};
 
 /// Why the re-mark could not vouch for the plan: nothing is deleted.
@@ -63,6 +64,31 @@ pub async fn remark(
     options: MarkOptions,
     concurrency: usize,
 ) -> Result<Reprieve, RemarkError> {
+    let released = Released::default();
+    remark_released(
+        storage,
+        inventory,
+        marks,
+        catalog,
+        options,
+        concurrency,
+        &released,
+    )
+    .await
+}
+
+/// [`remark`] after a selection (`delete`, `prune`; `inventory` as scanned, `marks` from
+/// [`crate::mark::mark_released`]): a removed tag or a released revision that is unchanged since
+/// the scan is no root; one written again since (a tag re-pushed) is, and makes its repository busy.
+pub async fn remark_released(
+    storage: &Arc<dyn Storage>,
+    inventory: &Inventory,
+    marks: &MarkSet,
+    catalog: &ManifestCatalog,
+    options: MarkOptions,
+    concurrency: usize,
+    released: &Released,
+) -> Result<Reprieve, RemarkError> {
     let (mut repositories, oversize) = scan::list_repositories(storage, concurrency).await?;
     read_changed_tag_links(
         storage,
@@ -81,7 +107,13 @@ pub async fn remark(
             .binary_search_by(|r| r.name.as_str().cmp(&repo.name))
             .ok()
             .map(|i| (&inventory.repositories[i], &marks.repositories[i]));
-        let roots = roots(repo, before.map(|(r, _)| r), options, &mut reprieve)?;
+        let roots = roots(
+            repo,
+            before.map(|(r, _)| r),
+            options,
+            released,
+            &mut reprieve,
+        )?;
         let mut closure = Closure {
             storage,
             inventory,
@@ -156,6 +188,7 @@ fn roots(
     repo: &Repository,
     before: Option<&Repository>,
     options: MarkOptions,
+    released: &Released,
     reprieve: &mut Reprieve,
 ) -> Result<Vec<Digest>, RemarkError> {
     // New: not listed by the scan with the same modification time. (What the scan saw young was a
@@ -165,6 +198,9 @@ fn roots(
     };
     let mut busy = before.is_none();
     let mut roots = Vec::new();
+    // What removed tags point at: roots after all if the repository turns out busy, since the
+    // plan then spares the tags themselves.
+    let mut removed_targets = Vec::new();
 
     for link in &repo.layer_links {
         if new(|r| &r.layer_links, link) {
@@ -176,7 +212,8 @@ fn roots(
     for link in &repo.revisions {
         let is_new = new(|r| &r.revisions, link);
         busy |= is_new;
-        if is_new || !options.delete_untagged {
+        let root = !options.delete_untagged && !released.revision(&repo.name, &link.digest);
+        if is_new || root {
             roots.push(link.digest);
         }
     }
@@ -188,6 +225,9 @@ fn roots(
                 .is_none_or(|c| c.modified != current.modified);
             busy |= changed;
             match &current.target {
+                Ok(digest) if !changed && released.tag(&repo.name, &tag.name) => {
+                    removed_targets.push(*digest)
+                }
                 Ok(digest) => roots.push(*digest),
                 Err(error) => {
                     return Err(RemarkError::CorruptTagLink {
@@ -220,6 +260,7 @@ fn roots(
         .any(|o| before.is_none_or(|b| !b.unknown.contains(o)));
     if busy || signatures_new || uploads_new || unknown_new {
         reprieve.repositories.insert(repo.name.clone());
+        roots.extend(removed_targets);
     }
     Ok(roots)
 }
@@ -337,6 +378,7 @@ mod tests {
     use crate::mark;
     use crate::plan::{self, PlanOptions, Target};
     use crate::scan::scan;
+    use crate::select;
     use crate::storage::local::LocalStorage;
 
     fn write(root: &Path, key: &str, content: &[u8]) {
@@ -424,6 +466,55 @@ mod tests {
             .collect();
         blobs.sort();
         blobs
+    }
+
+    #[tokio::test]
+    async fn a_removed_tag_is_no_root_unless_it_was_pushed_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let (config, layer, manifest) = registry(root);
+        push(root, "app", "v1", &manifest, &[config, layer]);
+        let storage: Arc<dyn Storage> =
+            Arc::new(LocalStorage::open(root, &Default::default()).unwrap());
+        let scanned = scan(&storage, 4).await.unwrap();
+        let catalog = mark::load_manifests(&storage, &scanned, 4).await;
+        let target = select::Target::parse("app:v1").unwrap();
+        let selection = select::select_targets(&scanned, &[target], false).unwrap();
+        let mut released = selection.released.clone();
+        select::release_closure(&scanned, &catalog, &mut released);
+        let options = MarkOptions {
+            delete_untagged: false,
+            cutoff: SystemTime::now() + Duration::from_secs(3600),
+        };
+        // The mark works on the inventory without the removed tag, the re-mark on the scan.
+        let mut stripped = scan(&storage, 4).await.unwrap();
+        select::strip(&mut stripped, &selection, options.cutoff);
+        let marks = mark::mark_released(&stripped, &catalog, options, &released).unwrap();
+        assert!(
+            !marks
+                .blobs
+                .contains(stripped.blobs.index(&manifest).unwrap())
+        );
+
+        let reprieve = remark_released(&storage, &scanned, &marks, &catalog, options, 4, &released)
+            .await
+            .unwrap();
+        assert_eq!(
+            reprieve,
+            Reprieve::default(),
+            "nothing changed, nothing spared"
+        );
+
+        // The tag is pushed again (its current/link written anew) before the sweep.
+        std::thread::sleep(Duration::from_millis(20));
+        link(root, &layout::tag_current_link("app", "v1"), &manifest);
+        let reprieve = remark_released(&storage, &scanned, &marks, &catalog, options, 4, &released)
+            .await
+            .unwrap();
+        assert!(reprieve.repositories.contains("app"));
+        for digest in [manifest, config, layer] {
+            assert!(reprieve.blobs.contains(&digest), "{digest} not spared");
+        }
     }
 
     #[tokio::test]

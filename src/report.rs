@@ -12,6 +12,7 @@ use crate::restart::redis::RedisOutcome;
 use crate::restart::webhook::WebhookOutcome;
 use crate::restart::{CommandOutcome, Deleted};
 use crate::scan::Inventory;
+use crate::select::Decision;
 use crate::storage::requests::Requests;
 
 /// What a run found and what it deleted (in a dry run: what it would delete).
@@ -33,6 +34,8 @@ pub struct Summary {
     pub links_deleted: u64,
     /// Tags whose `current/link` named a manifest missing from storage.
     pub tags_deleted: u64,
+    /// Tags removed on request (`delete`, `prune`); their links count in `links_deleted`.
+    pub tags_removed: u64,
     pub repositories_deleted: u64,
     pub uploads_deleted: u64,
     pub upload_bytes_deleted: u64,
@@ -49,6 +52,9 @@ pub struct Summary {
     pub errors: u64,
     pub error_messages: Vec<String>,
     pub warnings: Vec<String>,
+    /// `delete` and `prune`: every tag decided, with the rule that decided it.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub decisions: Vec<Decision>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub restart: Option<CommandOutcome>,
     /// How `--pre-command` and `--post-command` ended, when given.
@@ -114,6 +120,10 @@ impl Summary {
                 self.tags_deleted += 1;
                 self.links_deleted += keys;
             }
+            Kind::RemovedTag => {
+                self.tags_removed += 1;
+                self.links_deleted += keys;
+            }
             Kind::Blob => {
                 self.blobs_deleted += 1;
                 self.bytes_deleted += deletion.bytes;
@@ -142,6 +152,7 @@ impl Summary {
                 + self.manifests_deleted
                 + self.links_deleted
                 + self.tags_deleted
+                + self.tags_removed
                 + self.uploads_deleted
                 + self.directories_deleted)
                 > 0
@@ -212,7 +223,7 @@ impl fmt::Display for Summary {
             human_bytes(self.bytes_deleted),
             self.manifests_deleted,
             self.links_deleted,
-            self.tags_deleted,
+            self.tags_deleted + self.tags_removed,
             self.repositories_deleted,
             self.uploads_deleted,
             human_bytes(self.upload_bytes_deleted),
