@@ -60,6 +60,7 @@ pub struct Collection {
     catalog: ManifestCatalog,
     marks: MarkSet,
     mark_options: MarkOptions,
+    plan_options: PlanOptions,
     plan: SweepPlan,
 }
 
@@ -108,14 +109,11 @@ impl Collection {
             "marked"
         );
 
-        let plan = plan::plan(
-            &inventory,
-            &marks,
-            PlanOptions {
-                cutoff: mark_options.cutoff,
-                upload_cutoff: before(now, options.upload_max_age),
-            },
-        );
+        let plan_options = PlanOptions {
+            cutoff: mark_options.cutoff,
+            upload_cutoff: before(now, options.upload_max_age),
+        };
+        let plan = plan::plan(&inventory, &marks, plan_options);
         info!(deletions = plan.deletions.len(), "planned");
         Ok(Collection {
             storage,
@@ -125,8 +123,38 @@ impl Collection {
             catalog,
             marks,
             mark_options,
+            plan_options,
             plan,
         })
+    }
+
+    /// What the scan found.
+    pub fn inventory(&self) -> &Inventory {
+        &self.inventory
+    }
+
+    /// What the mark found live.
+    pub fn marks(&self) -> &MarkSet {
+        &self.marks
+    }
+
+    /// What the sweep would delete.
+    pub fn plan(&self) -> &SweepPlan {
+        &self.plan
+    }
+
+    /// The mark and the plan of the same scan with `--delete-untagged` as given, computed again in
+    /// memory (nothing is read, the grace periods are the same): a report tells what `gc` and
+    /// `gc -m` would each reclaim from one scan.
+    pub fn replan(&self, delete_untagged: bool) -> Result<(MarkSet, SweepPlan), GcError> {
+        let mark_options = MarkOptions {
+            delete_untagged,
+            ..self.mark_options
+        };
+        let marks = mark::mark(&self.inventory, &self.catalog, mark_options)
+            .map_err(GcError::FailClosed)?;
+        let plan = plan::plan(&self.inventory, &marks, self.plan_options);
+        Ok((marks, plan))
     }
 
     /// Every key the sweep deletes, in order.
