@@ -208,6 +208,9 @@ pub struct BlobSize {
     pub status: BlobStatus,
     /// Repositories whose manifests reference it.
     pub repositories: Vec<String>,
+    /// Repositories that link it (`_layers` or revision link): where it was pushed or mounted,
+    /// orphans included.
+    pub linked_by: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -596,6 +599,17 @@ pub fn compute(inputs: &Inputs<'_>) -> CostReport {
                 .zip(repos)
                 .filter(|(blobs, _)| blobs.binary_search(&i).is_ok())
                 .map(|(_, repo)| repo.name.clone())
+                .collect(),
+            linked_by: repos
+                .iter()
+                .filter(|repo| {
+                    let digest = universe.digest(i);
+                    repo.layer_links
+                        .iter()
+                        .chain(&repo.revisions)
+                        .any(|link| link.digest == *digest)
+                })
+                .map(|repo| repo.name.clone())
                 .collect(),
         })
         .collect();
@@ -987,17 +1001,22 @@ mod tests {
                 ("lib", sum(&[1, 5, 12]))
             ]
         );
-        let blobs: Vec<(String, BlobStatus, Vec<String>)> = report
+        let blobs: Vec<(String, BlobStatus, Vec<String>, Vec<String>)> = report
             .largest_blobs
             .iter()
-            .map(|b| (b.digest.clone(), b.status, b.repositories.clone()))
+            .map(|b| {
+                let names = (b.repositories.clone(), b.linked_by.clone());
+                (b.digest.clone(), b.status, names.0, names.1)
+            })
             .collect();
+        let lib = vec!["lib".to_owned()];
+        let app = vec!["app".to_owned()];
         assert_eq!(
             blobs,
             [
-                (d(20).to_string(), BlobStatus::Orphan, vec![]),
-                (d(12).to_string(), BlobStatus::Live, vec!["lib".into()]),
-                (d(11).to_string(), BlobStatus::Untagged, vec!["app".into()]),
+                (d(20).to_string(), BlobStatus::Orphan, vec![], vec![]),
+                (d(12).to_string(), BlobStatus::Live, lib.clone(), lib),
+                (d(11).to_string(), BlobStatus::Untagged, app.clone(), app),
             ]
         );
         assert_eq!(report.largest_blobs[0].bytes, size(20));

@@ -50,12 +50,15 @@ fn csv_field(text: &str) -> String {
     }
 }
 
-/// US dollars with enough digits for small registries (`$0.000123`).
+/// US dollars: cents from a dollar up, else six decimals without trailing zeros (`$0.023`,
+/// `$0.000123`), so that the small amounts of small registries still show.
 fn usd(amount: f64) -> String {
     if amount >= 1.0 {
         format!("${amount:.2}")
     } else {
-        format!("${amount:.6}")
+        let text = format!("{amount:.6}");
+        let text = text.trim_end_matches('0').trim_end_matches('.');
+        format!("${}", if text.is_empty() { "0" } else { text })
     }
 }
 
@@ -155,7 +158,10 @@ impl fmt::Display for CostReport {
             )?;
         }
         if !self.largest_blobs.is_empty() {
-            writeln!(f, "\nlargest blobs:")?;
+            writeln!(
+                f,
+                "\nlargest blobs (size, status, digest, repositories linking it):"
+            )?;
             for b in &self.largest_blobs {
                 writeln!(
                     f,
@@ -163,7 +169,7 @@ impl fmt::Display for CostReport {
                     human_bytes(b.bytes),
                     b.status.as_str(),
                     b.digest,
-                    b.repositories.join(", ")
+                    b.linked_by.join(", ")
                 )?;
             }
         }
@@ -192,7 +198,7 @@ pub fn escape(text: &str) -> String {
 
 const CHART_WIDTH: f64 = 760.0;
 const LABEL_WIDTH: f64 = 230.0;
-const VALUE_WIDTH: f64 = 110.0;
+const VALUE_WIDTH: f64 = 170.0;
 const ROW_HEIGHT: f64 = 24.0;
 const UNIQUE_COLOR: &str = "#2b6cb0";
 const SHARED_COLOR: &str = "#90cdf4";
@@ -208,25 +214,41 @@ fn shorten(text: &str, max: usize) -> String {
     }
 }
 
-/// One bar segment; only bars with a value are marks (what the self-check counts).
-fn rect(out: &mut String, x: f64, y: f64, width: f64, color: &str, value: u64, title: &str) {
-    if value == 0 {
+/// One bar segment; only segments with a value are marks (what the self-check counts).
+fn rect(out: &mut String, x: f64, y: f64, width: f64, segment: &Segment) {
+    if segment.value == 0 {
         return;
     }
     let _ = write!(
         out,
-        r#"<rect class="mark" x="{x:.1}" y="{y:.1}" width="{:.1}" height="{:.1}" fill="{color}" data-value="{value}"><title>{}</title></rect>"#,
+        r#"<rect class="mark" x="{x:.1}" y="{y:.1}" width="{:.1}" height="{:.1}" fill="{}" data-value="{}"><title>{}</title></rect>"#,
         width.max(1.0),
         ROW_HEIGHT - 6.0,
-        escape(title)
+        segment.color,
+        segment.value,
+        escape(&segment.title)
     );
 }
 
-/// Horizontal bars, each of one or more segments `(value, color, title)`.
-fn bar_chart(id: &str, label: &str, rows: &[(String, Vec<(u64, &str, String)>, String)]) -> String {
+/// One bar of a [`bar_chart`]: a label, segments side by side, and the value written after it.
+struct Bar {
+    name: String,
+    segments: Vec<Segment>,
+    value_label: String,
+}
+
+struct Segment {
+    value: u64,
+    color: &'static str,
+    /// The tooltip.
+    title: String,
+}
+
+/// Horizontal bars, the longest across the plot.
+fn bar_chart(id: &str, label: &str, rows: &[Bar]) -> String {
     let max = rows
         .iter()
-        .map(|(_, segments, _)| segments.iter().map(|s| s.0).sum::<u64>())
+        .map(|bar| bar.segments.iter().map(|s| s.value).sum::<u64>())
         .max()
         .unwrap_or(0)
         .max(1);
@@ -239,7 +261,15 @@ fn bar_chart(id: &str, label: &str, rows: &[(String, Vec<(u64, &str, String)>, S
     if rows.is_empty() {
         out.push_str(r#"<text x="0" y="18" class="empty">nothing to show</text>"#);
     }
-    for (row, (name, segments, value_label)) in rows.iter().enumerate() {
+    for (
+        row,
+        Bar {
+            name,
+            segments,
+            value_label,
+        },
+    ) in rows.iter().enumerate()
+    {
         let y = 4.0 + ROW_HEIGHT * row as f64;
         let _ = write!(
             out,
@@ -251,10 +281,12 @@ fn bar_chart(id: &str, label: &str, rows: &[(String, Vec<(u64, &str, String)>, S
             escape(name)
         );
         let mut x = LABEL_WIDTH;
-        for (value, color, title) in segments {
-            let width = *value as f64 / max as f64 * plot;
-            rect(&mut out, x, y, width, color, *value, title);
-            x += width.max(if *value > 0 { 1.0 } else { 0.0 });
+        for segment in segments {
+            let width = segment.value as f64 / max as f64 * plot;
+            rect(&mut out, x, y, width, segment);
+            if segment.value > 0 {
+                x += width.max(1.0);
+            }
         }
         let _ = write!(
             out,
@@ -361,6 +393,7 @@ table { border-collapse: collapse; width: 100%; font-size: 0.9rem; }
 th, td { padding: 0.3rem 0.5rem; border-bottom: 1px solid #edf2f7; text-align: right; }
 th:first-child, td:first-child { text-align: left; word-break: break-all; }
 th { background: #f7fafc; }
+td[data-bytes] { white-space: nowrap; }
 svg text { font-size: 12px; fill: #2d3748; }
 svg .value { fill: #4a5568; }
 svg .axis { stroke: #a0aec0; }
@@ -460,23 +493,21 @@ pub fn html(report: &CostReport) -> String {
     let rows: Vec<_> = report
         .largest_repositories
         .iter()
-        .map(|r| {
-            (
-                r.name.clone(),
-                vec![
-                    (
-                        r.bytes_unique,
-                        UNIQUE_COLOR,
-                        format!("{}: {} unique", r.name, human_bytes(r.bytes_unique)),
-                    ),
-                    (
-                        r.bytes_shared,
-                        SHARED_COLOR,
-                        format!("{}: {} shared", r.name, human_bytes(r.bytes_shared)),
-                    ),
-                ],
-                human_bytes(r.bytes_referenced),
-            )
+        .map(|r| Bar {
+            name: r.name.clone(),
+            segments: vec![
+                Segment {
+                    value: r.bytes_unique,
+                    color: UNIQUE_COLOR,
+                    title: format!("{}: {} unique", r.name, human_bytes(r.bytes_unique)),
+                },
+                Segment {
+                    value: r.bytes_shared,
+                    color: SHARED_COLOR,
+                    title: format!("{}: {} shared", r.name, human_bytes(r.bytes_shared)),
+                },
+            ],
+            value_label: human_bytes(r.bytes_referenced),
         })
         .collect();
     out.push_str(&bar_chart(
@@ -493,11 +524,15 @@ pub fn html(report: &CostReport) -> String {
         .map(|((name, cause), color)| {
             let label = name.replace('_', " ");
             let counted = format!("{} ({} objects)", human_bytes(cause.bytes), cause.count);
-            (
-                label.clone(),
-                vec![(cause.bytes, color, format!("{label}: {counted}"))],
-                counted,
-            )
+            Bar {
+                segments: vec![Segment {
+                    value: cause.bytes,
+                    color,
+                    title: format!("{label}: {counted}"),
+                }],
+                name: label,
+                value_label: counted,
+            }
         })
         .collect();
     out.push_str(&bar_chart(
@@ -534,17 +569,18 @@ pub fn html(report: &CostReport) -> String {
     }
     out.push_str("</tbody></table>");
 
-    out.push_str(r#"<h2>Largest blobs</h2><table id="blobs"><thead><tr><th>digest</th><th>size</th><th>status</th><th>written</th><th>repositories</th></tr></thead><tbody>"#);
+    out.push_str(r#"<h2>Largest blobs</h2><table id="blobs"><thead><tr><th>digest</th><th>size</th><th>status</th><th>written</th><th>referenced by</th><th>linked by</th></tr></thead><tbody>"#);
     for b in &report.largest_blobs {
         let _ = write!(
             out,
-            r#"<tr><td><code>{}</code></td><td data-bytes="{}">{}</td><td>{}</td><td>{}</td><td>{}</td></tr>"#,
+            r#"<tr><td><code>{}</code></td><td data-bytes="{}">{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>"#,
             escape(&b.digest),
             b.bytes,
             escape(&human_bytes(b.bytes)),
             b.status.as_str(),
             escape(&b.modified),
-            escape(&b.repositories.join(", "))
+            escape(&b.repositories.join(", ")),
+            escape(&b.linked_by.join(", "))
         );
     }
     out.push_str("</tbody></table>");
@@ -555,6 +591,6 @@ pub fn html(report: &CostReport) -> String {
             escape(warning)
         );
     }
-    let _ = write!(out, "<script>{SELF_CHECK}</script></body></html>\n");
+    let _ = writeln!(out, "<script>{SELF_CHECK}</script></body></html>");
     out
 }
