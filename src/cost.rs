@@ -28,7 +28,7 @@ use crate::storage::Storage;
 use crate::storage::requests::{RequestCounter, Requests};
 
 /// S3 Standard storage, first 50 TB a month, US East (N. Virginia), in USD per GiB-month (AWS bills
-/// S3 storage in binary gigabytes). See README, "Cost report", for the date of the price.
+/// S3 storage in binary gigabytes), in effect since 2016-12-01 (README, "Cost report").
 pub const S3_STANDARD_PER_GIB_MONTH: f64 = 0.023;
 /// S3 Standard LIST (and PUT, COPY, POST) requests, USD per 1,000.
 pub const S3_LIST_PER_1000: f64 = 0.005;
