@@ -471,3 +471,70 @@ fn report_numbers_equal_the_ground_truth_and_nothing_changes() {
         actual["registry"]["reclaimable_bytes_delete_untagged"]
     );
 }
+
+/// On S3 the report's scan costs what the server saw: its request counts are the server's, and the
+/// scan's cost is theirs at the default prices. The numbers are those of the model.
+#[test]
+fn s3_report_prices_the_requests_the_server_saw() {
+    use support::s3::MotoServer;
+    use support::workload::Fixture;
+
+    let moto = MotoServer::start();
+    moto.create_bucket("registry");
+    let mut f = Fixture::build_s3(&moto, "registry");
+    f.registry.stop();
+    let config = f.registry.config_path().to_string_lossy().into_owned();
+
+    let mark = moto.log_mark();
+    let run = regsweep(&["report", &config, "--min-age", "0s", "--format", "json"]);
+    run.assert_success();
+    let seen = moto.requests_since(mark);
+    let actual = run.json();
+    let requests = &actual["cost"]["scan_requests"];
+    for kind in ["list", "get", "head", "delete"] {
+        assert_eq!(
+            requests[kind].as_u64(),
+            Some(seen.get(kind).copied().unwrap_or(0)),
+            "scan_requests.{kind}: the server saw {seen:?}\n{}",
+            run.describe()
+        );
+    }
+    assert_eq!(seen.get("delete").copied().unwrap_or(0), 0, "{seen:?}");
+    let count = |kind: &str| seen.get(kind).copied().unwrap_or(0) as f64;
+    let cost = (count("list") + requests["other"].as_u64().unwrap() as f64) / 1000.0 * 0.005
+        + (count("get") + count("head")) / 1000.0 * 0.0004;
+    let reported = actual["cost"]["scan_cost"].as_f64().unwrap();
+    assert!((reported - cost).abs() < 1e-12, "{reported} != {cost}");
+
+    let model = &f.model;
+    let sizes = sizes(model);
+    let bytes = |blobs: &BTreeSet<String>| blobs.iter().map(|d| sizes[d]).sum::<u64>();
+    let orphans = model.expected_garbage_blobs(false);
+    let garbage_m = model.expected_garbage_blobs(true);
+    let untagged: BTreeSet<String> = garbage_m.difference(&orphans).cloned().collect();
+    let registry = &actual["registry"];
+    let causes = &actual["reclaimable_by_cause"];
+    for (what, value, expected) in [
+        ("blobs", &registry["blobs"], model.all_blobs().len() as u64),
+        ("blob_bytes", &registry["blob_bytes"], sizes.values().sum()),
+        (
+            "live_bytes",
+            &registry["live_bytes"],
+            bytes(&model.expected_live_blobs(false)),
+        ),
+        (
+            "orphan bytes",
+            &causes["orphan_blobs"]["bytes"],
+            bytes(&orphans),
+        ),
+        (
+            "untagged bytes",
+            &causes["untagged_manifests"]["bytes"],
+            bytes(&untagged),
+        ),
+        // Every upload on S3 is fresh: nothing stale.
+        ("stale uploads", &causes["stale_uploads"]["count"], 0),
+    ] {
+        assert_eq!(value.as_u64(), Some(expected), "{what}\n{}", run.describe());
+    }
+}
