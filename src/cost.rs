@@ -493,8 +493,8 @@ pub fn compute(inputs: &Inputs<'_>) -> CostReport {
         &mut repositories,
     );
 
-    // Untagged manifests: the revision links (of manifests in storage) `gc -m` removes and `gc`
-    // does not.
+    // Untagged manifests: the revision links `gc -m` removes whose manifest is in storage (the
+    // others, which `gc` removes too, are dangling links).
     let untagged: Vec<&(String, Digest)> = gc_m
         .revisions
         .iter()
