@@ -614,7 +614,7 @@ pub fn compute(inputs: &Inputs<'_>) -> CostReport {
         })
         .collect();
 
-    let growth = growth(universe, &referenced);
+    let growth = growth(universe, &referenced, inputs.started);
 
     let cost = Cost {
         currency: "USD",
@@ -662,17 +662,18 @@ fn largest_blobs(universe: &BlobUniverse, top: usize) -> Vec<u32> {
     indices
 }
 
-/// Cumulative unique and shared referenced bytes by the month each blob was written.
-fn growth(universe: &BlobUniverse, referenced: &[Holders]) -> Vec<GrowthPoint> {
+/// Cumulative unique and shared referenced bytes by the month each blob was written. A blob dated
+/// after `now` (clock skew, or a time set by hand) counts in `now`'s month, so that the months end
+/// there.
+fn growth(universe: &BlobUniverse, referenced: &[Holders], now: SystemTime) -> Vec<GrowthPoint> {
     let mut by_month: BTreeMap<(i32, u32), (u64, u64)> = BTreeMap::new();
     for (i, holders) in referenced.iter().enumerate() {
         if *holders == Holders::NONE {
             continue;
         }
         let index = i as u32;
-        let entry = by_month
-            .entry(month_of(universe.modified(index)))
-            .or_default();
+        let written = universe.modified(index).min(now);
+        let entry = by_month.entry(month_of(written)).or_default();
         if *holders == Holders::SEVERAL {
             entry.1 += universe.size(index);
         } else {
@@ -714,8 +715,11 @@ fn month_of(time: SystemTime) -> (i32, u32) {
     (year, month)
 }
 
+/// `time` in RFC 3339 (UTC), no later than the last second of year 9999, the latest it can write: a
+/// file's modification time can be set later than that.
 fn rfc3339(time: SystemTime) -> String {
-    humantime::format_rfc3339_seconds(time).to_string()
+    let latest = SystemTime::UNIX_EPOCH + Duration::from_secs(253_402_300_799);
+    humantime::format_rfc3339_seconds(time.min(latest)).to_string()
 }
 
 fn count(n: usize) -> u64 {
@@ -1077,6 +1081,34 @@ mod tests {
             .iter()
             .find(|b| b.digest == d(9).to_string());
         assert_eq!(recent.map(|b| b.status), Some(BlobStatus::Recent));
+    }
+
+    #[test]
+    fn times_past_year_9999_are_written_as_its_last_second_and_grow_nothing() {
+        let far = at(400_000_000_000);
+        assert_eq!(rfc3339(far), "9999-12-31T23:59:59Z");
+        assert_eq!(month_of(far), (9999, 12));
+
+        // A referenced blob dated in the far future counts in the month of the scan.
+        let (mut inventory, catalog) = registry();
+        let mut blobs: Vec<(Digest, u64, SystemTime)> = (0..inventory.blobs.len() as u32)
+            .map(|i| {
+                let digest = *inventory.blobs.digest(i);
+                let modified = if digest == d(2) {
+                    far
+                } else {
+                    inventory.blobs.modified(i)
+                };
+                (digest, inventory.blobs.size(i), modified)
+            })
+            .collect();
+        blobs.sort_by_key(|b| b.0);
+        inventory.blobs = BlobUniverse::new(blobs);
+        let report = report_of(&inventory, &catalog, 10);
+        let months: Vec<&str> = report.growth.iter().map(|p| p.month.as_str()).collect();
+        assert_eq!(months, ["2026-01", "2026-02", "2026-03", "2026-04"]);
+        let last = report.growth.last().unwrap();
+        assert_eq!(last.unique_bytes, sum(&[2, 3, 4, 5, 10, 11, 12]));
     }
 
     #[test]
