@@ -42,7 +42,8 @@ pub enum AbsenceError {
     Unconfirmed {
         digest: Digest,
         referrer: String,
-        source: StorageError,
+        /// Boxed: the error travels up through every stage's result type.
+        source: Box<StorageError>,
     },
 }
 
@@ -79,7 +80,7 @@ pub async fn confirm(
                 Err(source) => Err(AbsenceError::Unconfirmed {
                     digest,
                     referrer,
-                    source,
+                    source: Box::new(source),
                 }),
             }
         })

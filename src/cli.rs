@@ -88,6 +88,15 @@ pub enum Command {
             failed (see the summary); 2 for bad usage."
     )]
     Prune(Box<PruneArgs>),
+    /// Report what the storage holds, what is live, what a collection would reclaim and why, per
+    /// repository, and what it costs a month. One scan; nothing is deleted or locked.
+    #[command(
+        after_help = "Every number is defined in the README (\"Cost report\"). Reclaimable bytes are \
+            given for `gc` and for `gc -m` from the same scan, with the same --min-age and \
+            --upload-max-age as gc.\n\nExit status: 0 when the report was written; 1 when the scan \
+            failed or the storage holds something a collection would refuse; 2 for bad usage."
+    )]
+    Report(ReportArgs),
 }
 
 #[derive(Debug, Args)]
@@ -242,6 +251,58 @@ pub struct PurgeArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct ReportArgs {
+    #[command(flatten)]
+    pub location: StorageArgs,
+
+    /// As in gc: nothing modified more recently counts as reclaimable.
+    #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = parse_duration)]
+    pub min_age: Duration,
+
+    /// As in gc: uploads with no activity for this long count as reclaimable.
+    #[arg(long, value_name = "DURATION", default_value = "168h", value_parser = parse_duration)]
+    pub upload_max_age: Duration,
+
+    /// Storage requests in flight at once [default: 32 on object stores; 4 per CPU, from 4 to 64,
+    /// on a filesystem].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    pub concurrency: Option<u16>,
+
+    /// Output: a text table, one JSON object, CSV (one row per repository) or one self-contained
+    /// HTML page with charts.
+    #[arg(long, value_enum, default_value_t = ReportFormat::Text)]
+    pub format: ReportFormat,
+
+    /// Write the report to FILE instead of stdout.
+    #[arg(long, short = 'o', value_name = "FILE")]
+    pub output: Option<PathBuf>,
+
+    /// Storage price in USD per GiB-month (default: S3 Standard, first 50 TB, US East).
+    #[arg(long, value_name = "USD", default_value_t = regsweep::cost::S3_STANDARD_PER_GIB_MONTH, value_parser = parse_price)]
+    pub price_per_gib_month: f64,
+
+    /// Price in USD per 1,000 LIST requests (and writes) (default: S3 Standard).
+    #[arg(long, value_name = "USD", default_value_t = regsweep::cost::S3_LIST_PER_1000, value_parser = parse_price)]
+    pub price_per_1000_list: f64,
+
+    /// Price in USD per 1,000 GET and HEAD requests (default: S3 Standard).
+    #[arg(long, value_name = "USD", default_value_t = regsweep::cost::S3_GET_PER_1000, value_parser = parse_price)]
+    pub price_per_1000_get: f64,
+
+    /// How many of the largest blobs and repositories to list.
+    #[arg(long, value_name = "N", default_value_t = 10)]
+    pub top: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ReportFormat {
+    Text,
+    Json,
+    Csv,
+    Html,
+}
+
+#[derive(Debug, Args)]
 pub struct GcArgs {
     /// The registry's own config.yml (REGISTRY_* environment overrides apply, as in the registry).
     #[arg(
@@ -380,6 +441,14 @@ impl<T: Clone + Send + Sync + 'static> TypedValueParser for SecretUrl<T> {
             .to_str()
             .ok_or_else(|| invalid("not UTF-8".to_owned()))?;
         (self.0)(text).map_err(invalid)
+    }
+}
+
+/// A price: a finite number, zero or more.
+fn parse_price(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(price) if price.is_finite() && price >= 0.0 => Ok(price),
+        _ => Err("not a price in USD (examples: 0.023, 0.0125, 0)".to_owned()),
     }
 }
 

@@ -66,6 +66,7 @@ pub struct Collection {
     catalog: ManifestCatalog,
     marks: MarkSet,
     mark_options: MarkOptions,
+    plan_options: PlanOptions,
     plan: SweepPlan,
     /// What `delete` or `prune` took away before the mark (empty for `gc`).
     released: Released,
@@ -164,14 +165,11 @@ impl Collection {
         );
         refuse_kept_requests(&inventory, &marks, &selection, mark_options.cutoff)?;
 
-        let mut plan = plan::plan(
-            &inventory,
-            &marks,
-            PlanOptions {
-                cutoff: mark_options.cutoff,
-                upload_cutoff: before(now, options.upload_max_age),
-            },
-        );
+        let plan_options = PlanOptions {
+            cutoff: mark_options.cutoff,
+            upload_cutoff: before(now, options.upload_max_age),
+        };
+        let mut plan = plan::plan(&inventory, &marks, plan_options);
         if !removed.is_empty() {
             plan.deletions.extend(removed);
             // Stable: within a phase, the plan's own order stays.
@@ -186,11 +184,41 @@ impl Collection {
             catalog,
             marks,
             mark_options,
+            plan_options,
             plan,
             released,
             scanned,
             decisions: selection.decisions,
         })
+    }
+
+    /// What the scan found.
+    pub fn inventory(&self) -> &Inventory {
+        &self.inventory
+    }
+
+    /// What the mark found live.
+    pub fn marks(&self) -> &MarkSet {
+        &self.marks
+    }
+
+    /// What the sweep would delete.
+    pub fn plan(&self) -> &SweepPlan {
+        &self.plan
+    }
+
+    /// The mark and the plan of the same scan with `--delete-untagged` as given, computed again in
+    /// memory (nothing is read, the grace periods are the same): a report tells what `gc` and
+    /// `gc -m` would each reclaim from one scan.
+    pub fn replan(&self, delete_untagged: bool) -> Result<(MarkSet, SweepPlan), GcError> {
+        let mark_options = MarkOptions {
+            delete_untagged,
+            ..self.mark_options
+        };
+        let marks = mark::mark(&self.inventory, &self.catalog, mark_options)
+            .map_err(GcError::FailClosed)?;
+        let plan = plan::plan(&self.inventory, &marks, self.plan_options);
+        Ok((marks, plan))
     }
 
     /// Every tag `delete` or `prune` decided, with the rule that decided it.

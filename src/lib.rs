@@ -14,13 +14,15 @@
 //! - [`sweep`]: batched, concurrent deletion;
 //! - [`report`]: the summary for people and schedulers, and [`metrics`], as a Prometheus textfile;
 //! - [`restart`]: make the registry forget deleted blobs;
-//! - [`quarantine`]: `--quarantine` moves instead of deleting; restore and purge.
+//! - [`quarantine`]: `--quarantine` moves instead of deleting; restore and purge;
+//! - [`cost`]: `regsweep report`, what the storage holds and costs, from one scan that deletes nothing.
 //!
 //! [`gc::Collection`] runs them in order. Around a run: [`lock`], the run lock in the storage that
 //! keeps two runs from sweeping at once, and [`run_id`], the ID that names a run.
 
 pub mod absence;
 pub mod config;
+pub mod cost;
 pub mod digest;
 pub mod gc;
 pub mod layout;

@@ -15,9 +15,10 @@ use tracing_subscriber::EnvFilter;
 
 use cli::{
     Cli, Command, DeleteArgs, GcArgs, LockArgs, LogFormat, OutputFormat, PruneArgs, PurgeArgs,
-    RestoreArgs, StorageArgs,
+    ReportArgs, ReportFormat, RestoreArgs, StorageArgs,
 };
 use regsweep::config::{self, StorageConfig};
+use regsweep::cost::{self, Prices, ReportOptions};
 use regsweep::gc::{Collection, GcOptions};
 use regsweep::lock::{LockOptions, RunLock};
 use regsweep::metrics::{self, Exported};
@@ -46,6 +47,7 @@ fn main() -> ExitCode {
         Command::Prune(args) => runtime.block_on(prune(*args, cli.quiet)),
         Command::Restore(args) => runtime.block_on(restore(args, cli.quiet)),
         Command::Purge(args) => runtime.block_on(purge(args, cli.quiet)),
+        Command::Report(args) => runtime.block_on(report(args)),
     };
     match result {
         Ok(code) => code,
@@ -481,4 +483,35 @@ async fn run_purge(args: &PurgeArgs) -> Result<PurgeSummary> {
     let mut summary = purged?;
     summary.requests = counter.snapshot();
     Ok(summary)
+}
+
+/// `regsweep report`: one scan, no lock, no hooks, nothing deleted.
+async fn report(args: ReportArgs) -> Result<ExitCode> {
+    let counter = RequestCounter::default();
+    let storage = open_location(&args.location, &counter)?;
+    scan::check_registry(&storage).await?;
+    let options = ReportOptions {
+        min_age: args.min_age,
+        upload_max_age: args.upload_max_age,
+        concurrency: concurrency(args.concurrency, &storage),
+        prices: Prices {
+            per_gib_month: args.price_per_gib_month,
+            per_1000_list: args.price_per_1000_list,
+            per_1000_get: args.price_per_1000_get,
+        },
+        top: args.top,
+    };
+    let report = cost::report(storage, &options, &counter).await?;
+    let text = match args.format {
+        ReportFormat::Text => report.to_string(),
+        ReportFormat::Json => serde_json::to_string(&report)? + "\n",
+        ReportFormat::Csv => cost::render::csv(&report),
+        ReportFormat::Html => cost::render::html(&report),
+    };
+    match &args.output {
+        Some(path) => std::fs::write(path, text)
+            .with_context(|| format!("cannot write the report to {}", path.display()))?,
+        None => std::io::stdout().lock().write_all(text.as_bytes())?,
+    }
+    Ok(ExitCode::SUCCESS)
 }

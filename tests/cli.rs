@@ -377,3 +377,54 @@ fn malformed_forget_urls_are_usage_errors_that_never_show_credentials() {
         assert!(!stderr.contains("s3cret"), "{option} {url}: {stderr}");
     }
 }
+
+#[test]
+fn report_refuses_what_gc_refuses_and_bad_prices() {
+    let storage = Storage::new();
+    storage.image("app", "v1", "a");
+    storage.write(
+        &format!("{V2}/repositories/team/web/_manifests/tags/prod/current/link"),
+        b"sha256:not-a-digest\n",
+    );
+    let before = storage.snapshot();
+    let out = regsweep(&["report", "--storage", &storage.url(), "--min-age", "0s"]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "stderr: {stderr}");
+    for needle in ["team/web", "prod", "current/link"] {
+        assert!(
+            stderr.contains(needle),
+            "{needle:?} not in stderr: {stderr}"
+        );
+    }
+    assert!(storage.snapshot() == before, "a report changed the storage");
+
+    for (flag, value) in [
+        ("--price-per-gib-month", "-1"),
+        ("--price-per-1000-list", "NaN"),
+        ("--price-per-1000-get", "cheap"),
+        ("--format", "xml"),
+    ] {
+        let arg = format!("{flag}={value}");
+        let out = regsweep(&["report", "--storage", &storage.url(), &arg]);
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{flag} {value}: {stderr}");
+        assert!(stderr.contains(flag), "{flag} not named: {stderr}");
+    }
+
+    let help = text(&regsweep(&["report", "--help"]).stdout);
+    for option in [
+        "CONFIG",
+        "--storage",
+        "--format",
+        "--output",
+        "--price-per-gib-month",
+        "--price-per-1000-list",
+        "--price-per-1000-get",
+        "--top",
+        "--min-age",
+        "--upload-max-age",
+        "--concurrency",
+    ] {
+        assert!(help.contains(option), "report --help lacks {option}");
+    }
+}
