@@ -62,6 +62,7 @@ pub async fn sweep(
                 Target::LayerLink { .. } | Target::Keys(_) | Target::Multipart(_) => true,
             })
             .collect();
+        let mut failed = 0;
         let mut batches = stream::iter(runnable.chunks(batch).map(|chunk| async move {
             if halt.load(Ordering::SeqCst) {
                 // Not attempted: the run lock was lost, another run may be sweeping now.
@@ -81,6 +82,7 @@ pub async fn sweep(
                 match failure {
                     None => outcome.done[i] = true,
                     Some(message) => {
+                        failed += 1;
                         outcome.errors.push(message);
                         if let Some((_, digest)) = plan.deletions[i].link(inventory) {
                             still_linked.insert(digest);
@@ -91,6 +93,14 @@ pub async fn sweep(
             outcome.errors.extend(result.errors);
         }
         start = end;
+        // A tag `delete` or `prune` could not remove still names its manifest: what the later
+        // phases would delete may be that very image.
+        if phase == Phase::Untag && failed > 0 {
+            outcome.errors.push(format!(
+                "{failed} removed tags could not be deleted: nothing else was deleted (run again)"
+            ));
+            break;
+        }
     }
     if halted > 0 {
         outcome.errors.push(format!(

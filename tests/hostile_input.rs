@@ -640,6 +640,25 @@ fn s3_faults_are_retried_or_refused_by_name() {
     assert!(proxy.injected() > 0, "no listing page lost the manifest");
     assert_eq!(keys(), before, "a refused run deleted objects");
 
+    // `delete app:v1` where the storage refuses to delete the tag (403 on the DeleteObjects that
+    // names its `current/link`): the tag stays, so nothing it points at may go — the run stops
+    // after the untag phase, nothing deleted, and the tag still pulls.
+    let proxy = FaultProxy::deny(&upstream, "tags/v1/current/link</Key>");
+    let path = dir.path().join("deny-untag.yml");
+    fs::write(&path, config.replace(&moto.endpoint(), &proxy.endpoint())).unwrap();
+    let path = path.to_string_lossy().into_owned();
+    let args = ["delete", path.as_str(), "app:v1", "--min-age", "0s"];
+    let run = run_with_deadline(dir.path(), bin(), &args, Duration::from_secs(300));
+    assert_eq!(run.status.code(), Some(1), "{}", run.describe());
+    let message = "removed tags could not be deleted: nothing else was deleted";
+    assert!(
+        run.stdout.contains(message) || run.stderr.contains(message),
+        "{}",
+        run.describe()
+    );
+    assert_eq!(proxy.injected(), 1, "{}", run.describe());
+    assert_eq!(keys(), before, "objects deleted although the tag stayed");
+
     // A storage that answers 503 to its first 6 requests (its first request, sent alone, is thus
     // retried 6 times): the run collects exactly the garbage; every tag pulls from the restarted
     // registry. (Ten retries of one request within three minutes is the budget: a storage that
