@@ -717,11 +717,11 @@ fn month_of(time: SystemTime) -> (i32, u32) {
     (year, month)
 }
 
-/// `time` in RFC 3339 (UTC), no later than the last second of year 9999, the latest it can write: a
-/// file's modification time can be set later than that.
+/// `time` in RFC 3339 (UTC), between the epoch and the last second of year 9999, what it can write
+/// (it panics outside): a file's modification time can be set before or after.
 fn rfc3339(time: SystemTime) -> String {
     let latest = SystemTime::UNIX_EPOCH + Duration::from_secs(253_402_300_799);
-    humantime::format_rfc3339_seconds(time.min(latest)).to_string()
+    humantime::format_rfc3339_seconds(time.clamp(SystemTime::UNIX_EPOCH, latest)).to_string()
 }
 
 fn count(n: usize) -> u64 {
@@ -1089,6 +1089,8 @@ mod tests {
     fn times_past_year_9999_are_written_as_its_last_second_and_grow_nothing() {
         let far = at(400_000_000_000);
         assert_eq!(rfc3339(far), "9999-12-31T23:59:59Z");
+        let before_epoch = SystemTime::UNIX_EPOCH - Duration::from_secs(86_400);
+        assert_eq!(rfc3339(before_epoch), "1970-01-01T00:00:00Z");
         assert_eq!(month_of(far), (9999, 12));
 
         // A referenced blob dated in the far future counts in the month of the scan.

@@ -27,7 +27,7 @@ use crate::digest::Digest;
 use crate::layout;
 use crate::mark::ManifestCatalog;
 use crate::plan::{Deletion, Kind, Phase, Target as KeyTarget};
-use crate::scan::{Inventory, Repository, Tag};
+use crate::scan::{BlobUniverse, Inventory, Repository, Tag};
 
 /// Why a selection was refused. Nothing is deleted when one of these is returned.
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -503,7 +503,7 @@ impl Policy {
                 continue;
             };
             let label = format!("rule {} ({})", number + 1, rule.repositories);
-            for (tag, action, why) in decide(repo, rule, now, cutoff) {
+            for (tag, action, why) in decide(repo, rule, &inventory.blobs, now, cutoff) {
                 if action == Action::Delete {
                     selection.released.remove_tag(&repo.name, &tag.name);
                 }
@@ -529,15 +529,17 @@ impl Policy {
 fn decide<'r>(
     repo: &'r Repository,
     rule: &Rule,
+    universe: &BlobUniverse,
     now: SystemTime,
     cutoff: SystemTime,
 ) -> Vec<(&'r Tag, Action, String)> {
-    // Only tags with a readable current/link are decided: the others are broken (the collection
-    // removes them) or corrupt (the mark refuses to run).
+    // Only tags with a readable current/link naming a manifest in storage are decided (and
+    // counted by keep_last): the others are broken (the collection removes them) or corrupt (the
+    // mark refuses to run). A broken tag kept by keep_last would push out a tag that pulls.
     let tags: Vec<(&Tag, SystemTime)> = repo
         .tags
         .iter()
-        .filter(|t| target_of(t).is_some())
+        .filter(|t| target_of(t).is_some_and(|d| universe.index(&d).is_some()))
         .filter_map(|t| Some((t, t.current.as_ref()?.modified)))
         .collect();
     // Keep the last N by push time; a tie at the N-th keeps every tag pushed at that instant.
@@ -1104,6 +1106,23 @@ mod tests {
         let selection =
             rule(r#"{"repositories":"**","keep_last":0}"#).select(&inv, now(), now() - HOUR);
         assert_eq!(deleted_tags(&selection), BTreeSet::from(["app:ok".into()]));
+
+        // A broken tag (its manifest is not in storage), pushed last, does not count as one of
+        // the last N: the tag that pulls stays.
+        let inv = inventory(vec![repo(
+            "app",
+            vec![tag("broken", 99, DAY), tag("ok", 1, 2 * DAY)],
+            &[1],
+        )]);
+        let selection =
+            rule(r#"{"repositories":"**","keep_last":1}"#).select(&inv, now(), now() - HOUR);
+        assert_eq!(deleted_tags(&selection), BTreeSet::new());
+        assert_eq!(
+            decisions(&selection).len(),
+            1,
+            "{:?}",
+            decisions(&selection)
+        );
     }
 
     #[test]
