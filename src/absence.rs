@@ -64,11 +64,14 @@ pub async fn confirm(
     let count = absent.len();
     let written_before = started.checked_sub(CLOCK_SKEW).unwrap_or(started);
     stream::iter(absent)
-        .map(|(digest, referrer)| async move {
+        .map(|(digest, Unlisted { referrer, youngest })| async move {
             let key = layout::blob_data(&digest);
             match storage.head(&key).await {
                 Ok(None) => Ok(()),
-                Ok(Some(meta)) if meta.modified >= written_before => {
+                // Written since the run started, or named by something that was: a push racing
+                // the scan. (A filesystem commits a blob by renaming its upload, which keeps the
+                // time of the upload's last write: the blob itself can look older than the push.)
+                Ok(Some(meta)) if meta.modified >= written_before || youngest >= written_before => {
                     tracing::info!(%digest, key, "a blob was written during the scan");
                     Ok(())
                 }
@@ -90,17 +93,29 @@ pub async fn confirm(
     Ok(count)
 }
 
-/// Every referenced digest the listing did not return, each with the first thing found referencing
-/// it (for the error message). Pure.
+/// A referenced blob the listing did not return.
+#[derive(Debug, PartialEq, Eq)]
+struct Unlisted {
+    /// The first thing found referencing it, for the error message.
+    referrer: String,
+    /// When the most recently written of the things referencing it was written.
+    youngest: SystemTime,
+}
+
+/// Every referenced digest the listing did not return. Pure.
 fn referenced_unlisted(
     inventory: &Inventory,
     catalog: &ManifestCatalog,
-) -> BTreeMap<Digest, String> {
+) -> BTreeMap<Digest, Unlisted> {
     let universe = &inventory.blobs;
-    let mut absent = BTreeMap::new();
-    let mut note = |digest: &Digest, referrer: &dyn Fn() -> String| {
+    let mut absent: BTreeMap<Digest, Unlisted> = BTreeMap::new();
+    let mut note = |digest: &Digest, modified: SystemTime, referrer: &dyn Fn() -> String| {
         if universe.index(digest).is_none() {
-            absent.entry(*digest).or_insert_with(referrer);
+            let unlisted = absent.entry(*digest).or_insert_with(|| Unlisted {
+                referrer: referrer(),
+                youngest: modified,
+            });
+            unlisted.youngest = unlisted.youngest.max(modified);
         }
     };
     for repo in &inventory.repositories {
@@ -108,36 +123,46 @@ fn referenced_unlisted(
         // Tags first: the referrer named is the one an operator recognises best.
         for tag in &repo.tags {
             let tag_name = &tag.name;
-            if let Some(Ok(target)) = tag.current.as_ref().map(|c| &c.target) {
-                note(target, &|| format!("tag {name}:{tag_name}"));
+            if let Some(current) = &tag.current
+                && let Ok(target) = &current.target
+            {
+                note(target, current.modified, &|| {
+                    format!("tag {name}:{tag_name}")
+                });
             }
             for link in &tag.index {
-                note(&link.digest, &|| {
+                note(&link.digest, link.modified, &|| {
                     format!("index entry of tag {name}:{tag_name}")
                 });
             }
         }
         for link in &repo.revisions {
-            note(&link.digest, &|| format!("revision of repository {name}"));
+            note(&link.digest, link.modified, &|| {
+                format!("revision of repository {name}")
+            });
         }
         for signature in &repo.signatures {
-            note(&signature.signature, &|| {
+            note(&signature.signature, signature.modified, &|| {
                 format!("signature link of repository {name}")
             });
         }
         for link in &repo.layer_links {
-            note(&link.digest, &|| format!("layer link of repository {name}"));
+            note(&link.digest, link.modified, &|| {
+                format!("layer link of repository {name}")
+            });
         }
     }
-    for (manifest, refs) in catalog.incomplete() {
-        let manifest = universe.digest(manifest);
+    for (index, refs) in catalog.incomplete() {
+        let (manifest, modified) = (universe.digest(index), universe.modified(index));
         let referenced = refs
             .manifests
             .iter()
             .chain(&refs.blobs)
             .chain(&refs.subject);
         for digest in referenced {
-            note(digest, &|| format!("referenced by manifest {manifest}"));
+            note(digest, modified, &|| {
+                format!("referenced by manifest {manifest}")
+            });
         }
     }
     absent
@@ -203,7 +228,10 @@ mod tests {
     #[test]
     fn every_unlisted_reference_is_found_once_with_its_first_referrer() {
         let (inventory, catalog) = inventory();
-        let absent = referenced_unlisted(&inventory, &catalog);
+        let absent: BTreeMap<Digest, String> = referenced_unlisted(&inventory, &catalog)
+            .into_iter()
+            .map(|(digest, unlisted)| (digest, unlisted.referrer))
+            .collect();
         let expected = [
             (d(2), "tag app:v2".to_owned()),
             (d(4), format!("referenced by manifest {}", d(1))),
@@ -215,7 +243,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_stored_blob_the_listing_missed_stops_the_run_by_name_unless_written_since() {
-        let (inventory, catalog) = inventory();
+        let (mut inventory, catalog) = inventory();
         let dir = tempfile::tempdir().unwrap();
         let storage: Arc<dyn Storage> =
             Arc::new(LocalStorage::open(dir.path(), &RequestCounter::default()).unwrap());
@@ -255,5 +283,13 @@ mod tests {
             message.contains("tag app:v2") && message.contains(&key),
             "{message}"
         );
+
+        // The same old blob, but its tag was written since the run started: a push racing the
+        // scan (on a filesystem a committed blob keeps its upload's older time), not a gap.
+        let v2 = &mut inventory.repositories[0].tags[1];
+        v2.current.as_mut().unwrap().modified = started;
+        confirm(&storage, &inventory, &catalog, started, 4)
+            .await
+            .unwrap();
     }
 }
