@@ -20,7 +20,7 @@ use crate::remark;
 use crate::report::{Summary, error_chain};
 use crate::restart::Deleted;
 use crate::run_id::RunId;
-use crate::scan::{self, Inventory, Repository, ScanError};
+use crate::scan::{self, Inventory, ScanError, Tag, Upload};
 use crate::select::{self, Decision, Released, Request, SelectError, Selection};
 use crate::storage::Storage;
 use crate::sweep;
@@ -70,9 +70,11 @@ pub struct Collection {
     plan: SweepPlan,
     /// What `delete` or `prune` took away before the mark (empty for `gc`).
     released: Released,
-    /// The repositories as scanned, when a selection took tags out of `inventory`: the re-mark
-    /// compares the storage with what the scan saw, and the summary counts what was found.
-    scanned: Option<Vec<Repository>>,
+    /// Each repository's tags and uploads as scanned, when a selection took some out of
+    /// `inventory` (the only fields [`select::strip`] changes, so the only ones copied: a copy of
+    /// the layer links would hold one more link per blob): the re-mark compares the storage with
+    /// what the scan saw, and the summary counts what was found.
+    scanned: Option<Vec<(Vec<Tag>, Vec<Upload>)>>,
     decisions: Vec<Decision>,
 }
 
@@ -148,7 +150,13 @@ impl Collection {
         let mut removed = Vec::new();
         if request.is_some() {
             select::release_closure(&inventory, &catalog, &mut released);
-            scanned = Some(inventory.repositories.clone());
+            scanned = Some(
+                inventory
+                    .repositories
+                    .iter()
+                    .map(|r| (r.tags.clone(), r.uploads.clone()))
+                    .collect(),
+            );
             removed = select::strip(&mut inventory, &selection, mark_options.cutoff);
             info!(
                 tags_removed = released.tag_count(),
@@ -226,21 +234,15 @@ impl Collection {
         &self.decisions
     }
 
-    /// Swaps the inventory's repositories as scanned with those left after the selection (a
-    /// second call swaps them back): the re-mark and the summary look at what the scan found.
-    /// Both index their repositories and layer links alike ([`select::strip`] removes neither), so
-    /// the plan's targets name the same objects in either.
+    /// Swaps the tags and uploads of the inventory's repositories with those as scanned (a second
+    /// call swaps them back): the re-mark and the summary look at what the scan found, the plan's
+    /// targets at the repositories and layer links, which are the same in both.
     fn swap_scanned(&mut self) {
         if let Some(scanned) = self.scanned.as_mut() {
-            debug_assert!(
-                scanned.len() == self.inventory.repositories.len()
-                    && scanned
-                        .iter()
-                        .zip(&self.inventory.repositories)
-                        .all(|(a, b)| a.name == b.name && a.layer_links == b.layer_links),
-                "a selection changed the repositories or layer links the plan indexes"
-            );
-            std::mem::swap(&mut self.inventory.repositories, scanned);
+            for (repo, (tags, uploads)) in self.inventory.repositories.iter_mut().zip(scanned) {
+                std::mem::swap(&mut repo.tags, tags);
+                std::mem::swap(&mut repo.uploads, uploads);
+            }
         }
     }
 

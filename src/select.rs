@@ -633,9 +633,9 @@ pub fn release_closure(inventory: &Inventory, catalog: &ManifestCatalog, release
 /// (with their S3 multipart uploads) of repositories removed whole, past `cutoff` — and returns
 /// their deletions. What stays in the inventory goes through the mark and the plan as usual.
 ///
-/// Never removes a repository or a layer link: the plan names layer links by their indices in the
-/// inventory ([`crate::plan::Target::LayerLink`]), and the collection swaps this inventory's
-/// repositories with those as scanned for the re-mark, so both must index alike.
+/// Changes only the repositories' tags and uploads (and the multipart uploads): the collection keeps
+/// a copy of just those as scanned for the re-mark, and the plan names layer links by their indices
+/// in the inventory ([`crate::plan::Target::LayerLink`]).
 pub fn strip(
     inventory: &mut Inventory,
     selection: &Selection,
