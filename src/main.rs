@@ -150,13 +150,22 @@ async fn prune(mut args: PruneArgs, quiet: bool) -> Result<ExitCode> {
                 .with_context(|| format!("cannot read the policy {}", path.display()))?;
             Policy::from_json(&text).with_context(|| path.display().to_string())?
         }
+        // A bad glob or regular expression in the flags is bad usage (exit 2), as clap's own.
         None => Policy::simple(SimpleRule {
             repositories: args.repositories.take(),
             keep_last: args.keep_last,
             keep_tags: args.keep_tags.take(),
             delete_older_than: args.older_than,
             delete_untagged: args.gc.delete_untagged,
-        })?,
+        })
+        .unwrap_or_else(|e| {
+            Cli::command()
+                .error(
+                    clap::error::ErrorKind::ValueValidation,
+                    format!("prune: {e}"),
+                )
+                .exit()
+        }),
     };
     // Untagged manifests go by the rules, repository by repository, not everywhere.
     args.gc.delete_untagged = false;

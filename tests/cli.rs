@@ -428,3 +428,28 @@ fn report_refuses_what_gc_refuses_and_bad_prices() {
         assert!(help.contains(option), "report --help lacks {option}");
     }
 }
+
+#[test]
+fn prune_rules_that_do_not_parse_are_usage_errors() {
+    let storage = Storage::new();
+    storage.image("app", "v1", "a");
+    let before = storage.snapshot();
+    for (flag, value, needle) in [
+        ("--keep-tags", "(", "regex"),
+        ("--repositories", "team/[", "team/["),
+    ] {
+        let url = storage.url();
+        let args = ["prune", "--storage", &url, "--keep-last", "1", flag, value];
+        let out = regsweep(&args);
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{flag} {value}: {stderr}");
+        assert!(
+            stderr.contains(needle),
+            "{needle:?} not in stderr: {stderr}"
+        );
+    }
+    assert!(
+        storage.snapshot() == before,
+        "a refused prune changed the storage"
+    );
+}
