@@ -6,9 +6,10 @@
 //! consistent replica, a range listed short) would thus turn into deleted tags and layers of a live
 //! image. So every digest that is referenced — by a tag, a link or a manifest read — and was not
 //! listed is looked up on its own (one HEAD each, concurrently) before the mark. One that is there
-//! and older than the run stops the run: a listing that loses objects cannot be trusted with
-//! anything else either. One written since the run started is a push racing the scan, not a gap:
-//! the grace period and the re-mark before the sweep ([`crate::remark`]) protect what it makes live.
+//! and older than the run, as is everything naming it, stops the run: a listing that loses objects
+//! cannot be trusted with anything else either. One written since the run started, or named by
+//! something that was, is a push racing the scan, not a gap: the grace period and the re-mark before
+//! the sweep ([`crate::remark`]) protect what it makes live.
 //!
 //! Registries without residue have no such digests; one collected by the official tool has one per
 //! blob it deleted and left linked (its dangling `_layers` links), each looked up once.
@@ -52,7 +53,8 @@ pub enum AbsenceError {
 pub const CLOCK_SKEW: Duration = Duration::from_secs(300);
 
 /// Confirms that every referenced blob missing from the scan's listing was absent when the run
-/// `started` (absent now, or written since); returns how many were looked up.
+/// `started`: absent now, or written since, or named only by things of which one was written since;
+/// returns how many were looked up.
 pub async fn confirm(
     storage: &Arc<dyn Storage>,
     inventory: &Inventory,

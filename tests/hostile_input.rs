@@ -625,8 +625,8 @@ fn s3_faults_are_retried_or_refused_by_name() {
         assert_eq!(keys(), before, "a refused run deleted objects");
     }
 
-    // A listing that misses a stored manifest (of tag app:v1, older than the run): its tag would
-    // look broken and its layers unreferenced. The lookup of what the listing did not return finds
+    // A listing that misses a stored manifest (of tag app:v1; the proxy dates everything in 2020,
+    // before the run): its tag would look broken and its layers unreferenced. The lookup of what the listing did not return finds
     // it: refused by name, nothing deleted.
     let proxy = FaultProxy::hide_listed(&upstream, &format!("{}/data", hex_of(&tagged)));
     let run = through(&proxy);

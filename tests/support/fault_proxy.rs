@@ -4,8 +4,8 @@
 //! that contains a given text with `403 Access Denied` or `503 Slow Down` (a permanent failure).
 //!
 //! Or it answers truthfully but leaves out of every listing page (ListObjectsV2) the objects whose
-//! key contains a given text, and dates them in 2020 when asked about them (HEAD): a storage whose
-//! listings miss objects that have been there for long.
+//! key contains a given text, and dates in 2020 every object it lists, and those it hides when asked
+//! about them (HEAD): an old registry whose listings miss objects.
 //!
 //! One request per connection: the proxy asks upstream to close after its answer and relays
 //! bytes until EOF, which keeps it free of HTTP body framing.
@@ -71,8 +71,8 @@ impl FaultProxy {
     }
 
     /// Proxies to `upstream`, leaving out of every listing the objects whose key contains `needle`
-    /// (each page that loses one counts as injected); HEAD and GET still find them, and HEAD says
-    /// they were last modified in 2020.
+    /// (each page that loses one counts as injected); HEAD and GET still find them. Every object
+    /// listed, and those HEAD finds, were last modified in 2020.
     pub fn hide_listed(upstream: &str, needle: &str) -> FaultProxy {
         FaultProxy::spawn(
             upstream,
@@ -217,9 +217,11 @@ fn handle(
     if let Rule::HideListed { needle } = rule {
         let request_line = head.lines().next().unwrap_or_default();
         if request_line.contains("list-type=2")
-            && let Some(filtered) = without_listed(&response, needle)
+            && let Some((filtered, hidden)) = listed_in_2020(&response, needle)
         {
-            injected.fetch_add(1, Ordering::Relaxed);
+            if hidden {
+                injected.fetch_add(1, Ordering::Relaxed);
+            }
             response = filtered;
         } else if request_line.starts_with("HEAD ") && contains(request_line.as_bytes(), needle) {
             response = dated_2020(&response);
@@ -246,8 +248,8 @@ fn dated_2020(response: &[u8]) -> Vec<u8> {
 }
 
 /// `response` (a whole HTTP response with a `Content-Length` body) without the `<Contents>`
-/// elements that contain `needle`, or `None` when it has none.
-fn without_listed(response: &[u8], needle: &[u8]) -> Option<Vec<u8>> {
+/// elements that contain `needle`, every `<LastModified>` in 2020; and whether any was left out.
+fn listed_in_2020(response: &[u8], needle: &[u8]) -> Option<(Vec<u8>, bool)> {
     let text = String::from_utf8(response.to_vec()).ok()?;
     let (head, body) = text.split_once("\r\n\r\n")?;
     let needle = std::str::from_utf8(needle).ok()?;
@@ -265,18 +267,27 @@ fn without_listed(response: &[u8], needle: &[u8]) -> Option<Vec<u8>> {
         rest = &rest[end..];
     }
     kept.push_str(rest);
-    if !hidden {
-        return None;
+    let mut dated = String::with_capacity(kept.len());
+    let mut rest = kept.as_str();
+    while let Some(start) = rest.find("<LastModified>") {
+        let end = start + rest[start..].find("</LastModified>")?;
+        dated.push_str(&rest[..start]);
+        dated.push_str("<LastModified>2020-01-01T00:00:00.000Z");
+        rest = &rest[end..];
     }
+    dated.push_str(rest);
     let head: Vec<String> = head
         .split("\r\n")
         .map(|line| {
             if line.to_ascii_lowercase().starts_with("content-length:") {
-                format!("Content-Length: {}", kept.len())
+                format!("Content-Length: {}", dated.len())
             } else {
                 line.to_owned()
             }
         })
         .collect();
-    Some(format!("{}\r\n\r\n{kept}", head.join("\r\n")).into_bytes())
+    Some((
+        format!("{}\r\n\r\n{dated}", head.join("\r\n")).into_bytes(),
+        hidden,
+    ))
 }
