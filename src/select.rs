@@ -213,14 +213,6 @@ fn target_of(tag: &Tag) -> Option<Digest> {
     tag.current.as_ref()?.target.as_ref().ok().copied()
 }
 
-fn find<'i>(inventory: &'i Inventory, name: &str) -> Option<&'i Repository> {
-    inventory
-        .repositories
-        .binary_search_by(|r| r.name.as_str().cmp(name))
-        .ok()
-        .map(|i| &inventory.repositories[i])
-}
-
 /// What `delete` takes away. Every target must exist (else nothing is deleted). `REPO@DIGEST`
 /// with tags pointing at that manifest is refused unless `with_tags` (then those tags go too, as
 /// the registry's `DELETE /v2/<name>/manifests/<digest>` does).
@@ -252,7 +244,9 @@ pub fn select_targets(
     };
     for target in targets {
         let name = &target.repository;
-        let repo = find(inventory, name).ok_or_else(|| SelectError::NoRepository(name.clone()))?;
+        let repo = inventory
+            .repository(name)
+            .ok_or_else(|| SelectError::NoRepository(name.clone()))?;
         match &target.reference {
             Reference::Repository => {
                 for tag in &repo.tags {
