@@ -11,6 +11,8 @@ use regsweep::restart::redis::RedisUrl;
 use regsweep::restart::webhook::WebhookUrl;
 use regsweep::run_id::RunId;
 use regsweep::select::Target;
+use regsweep::shard::Shard;
+use regsweep::state::StateLocation;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -97,6 +99,77 @@ pub enum Command {
             failed or the storage holds something a collection would refuse; 2 for bad usage."
     )]
     Report(ReportArgs),
+    /// Mark what is live and save it as a mark state for `regsweep sweep`; deletes nothing.
+    #[command(
+        after_help = "The state holds every live blob and, per repository, its live manifests and \
+            layer links, with the mark's start, grace cut-offs and options, in a versioned format \
+            with a SHA-256 checksum (README: \"Scheduled and sharded runs\"). --state is a local \
+            file, or registry:NAME for the object _regsweep/state/NAME in the registry's own \
+            storage, where every shard of a sweep can read it.\n\nExit status: 0 when the state \
+            was written; 1 when the mark refused (nothing written) or the state could not be \
+            written; 2 for bad usage."
+    )]
+    Mark(Box<MarkArgs>),
+    /// Sweep from a mark state: every blob and repository, or those of one shard (--shard I/N).
+    #[command(
+        after_help = "Shard I of N sweeps the blobs whose digest's first byte is I, I+N, I+2N, … \
+            and the links, tags and uploads of the repositories a stable hash of the name gives \
+            to I; every shard lists every repository, to keep what was pushed since the mark. A \
+            repository written since the mark is left as it is (the next run collects it). The \
+            options (-m, --min-age, --upload-max-age) must be those of the mark; a state made \
+            from another storage or more than --max-state-age ago is refused. Interrupted, a sweep \
+            started again with the same state finishes the job.\n\nExit status: as gc."
+    )]
+    Sweep(Box<SweepArgs>),
+}
+
+#[derive(Debug, Args)]
+pub struct MarkArgs {
+    #[command(flatten)]
+    pub location: StorageArgs,
+
+    /// Where to write the state: a file, or registry:NAME (in the registry's storage).
+    #[arg(long, value_name = "PATH|registry:NAME", value_parser = parse_state)]
+    pub state: StateLocation,
+
+    /// As in gc: manifests that no tag reaches are not live (the sweep must say -m too).
+    #[arg(short = 'm', long)]
+    pub delete_untagged: bool,
+
+    /// As in gc: the sweep never deletes what was modified after the mark's start minus this.
+    #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = parse_duration)]
+    pub min_age: Duration,
+
+    /// As in gc: uploads with no activity for this long before the mark's start are stale.
+    #[arg(long, value_name = "DURATION", default_value = "168h", value_parser = parse_duration)]
+    pub upload_max_age: Duration,
+
+    /// Storage requests in flight at once [default: 32 on object stores; 4 per CPU, from 4 to 64,
+    /// on a filesystem].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    pub concurrency: Option<u16>,
+
+    /// Output: a text summary, or one JSON object on stdout (logs stay on stderr).
+    #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+    pub format: OutputFormat,
+}
+
+#[derive(Debug, Args)]
+pub struct SweepArgs {
+    #[command(flatten)]
+    pub gc: GcArgs,
+
+    /// The state `regsweep mark` wrote: a file, or registry:NAME.
+    #[arg(long, value_name = "PATH|registry:NAME", value_parser = parse_state)]
+    pub state: StateLocation,
+
+    /// Sweep only shard I of N (0 <= I < N <= 256); e.g. --shard "$JOB_COMPLETION_INDEX/16".
+    #[arg(long, value_name = "I/N", default_value = "0/1", value_parser = parse_shard)]
+    pub shard: Shard,
+
+    /// Refuse a state whose mark started longer ago than this.
+    #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = parse_duration)]
+    pub max_state_age: Duration,
 }
 
 #[derive(Debug, Args)]
@@ -400,6 +473,15 @@ pub enum LogFormat {
 /// A `delete` target: `REPOSITORY`, `REPOSITORY:TAG` or `REPOSITORY@DIGEST`.
 fn parse_target(text: &str) -> Result<Target, String> {
     Target::parse(text).map_err(|e| e.to_string())
+}
+
+fn parse_state(text: &str) -> Result<StateLocation, String> {
+    StateLocation::parse(text)
+}
+
+fn parse_shard(text: &str) -> Result<Shard, String> {
+    text.parse()
+        .map_err(|e: regsweep::shard::ShardError| e.to_string())
 }
 
 /// A run ID as `gc --quarantine` printed it.

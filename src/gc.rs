@@ -14,7 +14,7 @@ use tracing::info;
 
 use crate::absence::{self, AbsenceError};
 use crate::mark::{self, ManifestCatalog, MarkError, MarkOptions, MarkSet};
-use crate::plan::{self, Kind, Phase, PlanOptions, SweepPlan};
+use crate::plan::{self, Kind, Owner, Phase, PlanOptions, SweepPlan};
 use crate::quarantine::Quarantine;
 use crate::remark;
 use crate::report::{Summary, error_chain};
@@ -22,6 +22,8 @@ use crate::restart::Deleted;
 use crate::run_id::RunId;
 use crate::scan::{self, Inventory, ScanError, Tag, Upload};
 use crate::select::{self, Decision, Released, Request, SelectError, Selection};
+use crate::shard::Shard;
+use crate::state::{self, MarkState, StateHeader};
 use crate::storage::Storage;
 use crate::sweep;
 
@@ -48,6 +50,8 @@ pub struct GcOptions {
 pub enum GcError {
     #[error(transparent)]
     Scan(#[from] ScanError),
+    #[error("refusing to delete anything: what was written since the mark: {0}")]
+    SinceMark(#[from] remark::RemarkError),
     #[error(transparent)]
     Absence(#[from] AbsenceError),
     #[error("refusing to delete anything: {0}")]
@@ -62,6 +66,8 @@ pub struct Collection {
     storage: Arc<dyn Storage>,
     options: GcOptions,
     started: Instant,
+    /// The run's start by the clock: its grace periods count back from it.
+    started_at: SystemTime,
     inventory: Inventory,
     catalog: ManifestCatalog,
     marks: MarkSet,
@@ -76,6 +82,9 @@ pub struct Collection {
     /// what the scan saw, and the summary counts what was found.
     scanned: Option<Vec<(Vec<Tag>, Vec<Upload>)>>,
     decisions: Vec<Decision>,
+    /// A sweep from a mark state: the live blobs of other shards added to the universe (not listed,
+    /// never deleted, not counted).
+    unlisted_blobs: usize,
 }
 
 /// One key of the plan, as `--plan-file` writes it.
@@ -188,6 +197,7 @@ impl Collection {
             storage,
             options,
             started,
+            started_at: now,
             inventory,
             catalog,
             marks,
@@ -197,7 +207,104 @@ impl Collection {
             released,
             scanned,
             decisions: selection.decisions,
+            unlisted_blobs: 0,
         })
+    }
+
+    /// Prepares the sweep of one shard from a mark state (`regsweep sweep`): lists the shard's
+    /// blobs and every repository, takes what was live from the state, and plans the deletions of
+    /// the shard's blobs and repositories, with the state's grace cut-offs. Repositories written
+    /// since the mark are left as they are, and whatever they reach is kept
+    /// ([`remark::since_mark`]). Reads only; `state` must have passed
+    /// [`MarkState::check`](crate::state::MarkState::check).
+    pub async fn prepare_sweep(
+        storage: Arc<dyn Storage>,
+        options: GcOptions,
+        state: &MarkState,
+        shard: Shard,
+    ) -> Result<Collection, GcError> {
+        let started = Instant::now();
+        let concurrency = options.concurrency.max(1);
+        let header = &state.header;
+        info!(storage = %storage, %shard, mark = header.run, "scanning");
+        let mut inventory = scan::scan_shard(&storage, concurrency, &shard).await?;
+        info!(
+            repositories = inventory.repositories.len(),
+            blobs = inventory.blobs.len(),
+            "scanned"
+        );
+        let (marks, unlisted_blobs) = state.apply(&mut inventory);
+        let mark_options = MarkOptions {
+            delete_untagged: header.delete_untagged,
+            cutoff: header.cutoff(),
+        };
+        let plan_options = PlanOptions {
+            cutoff: header.cutoff(),
+            upload_cutoff: header.upload_cutoff(),
+        };
+        // Busy: written after the cut-off. That includes what the mark saw young (a root then,
+        // but the state does not say which), and leaves --min-age to cover the clock skew between
+        // the marking machine and the storage, as in gc.
+        let busy: Vec<usize> = (0..inventory.repositories.len())
+            .filter(|&r| {
+                let repo = &inventory.repositories[r];
+                !state.has_repository(&repo.name) || repo.written_since(header.cutoff())
+            })
+            .collect();
+        let reprieve =
+            remark::since_mark(&storage, &inventory, &marks, &busy, mark_options.cutoff).await?;
+        let mut plan = plan::plan(&inventory, &marks, plan_options);
+        let busy = &reprieve.repositories;
+        plan.deletions.retain(|d| match d.owner(&inventory) {
+            Owner::Repository(name) => shard.owns_repository(name) && !busy.contains(name),
+            owner => shard.owns(owner),
+        });
+        plan.repositories_deleted
+            .retain(|name| shard.owns_repository(name) && !busy.contains(name));
+        let spared = plan.spare(&inventory, &reprieve);
+        info!(
+            deletions = plan.deletions.len(),
+            busy_repositories = busy.len(),
+            spared,
+            "planned"
+        );
+        Ok(Collection {
+            storage,
+            options,
+            started,
+            started_at: header.started(),
+            inventory,
+            catalog: ManifestCatalog::default(),
+            marks,
+            mark_options,
+            plan_options,
+            plan,
+            released: Released::default(),
+            scanned: None,
+            decisions: Vec::new(),
+            unlisted_blobs,
+        })
+    }
+
+    /// The mark state of this collection's mark, for `regsweep sweep` (`run` names the mark).
+    pub fn state(&self, run: &RunId) -> MarkState {
+        let header = StateHeader {
+            run: run.to_string(),
+            regsweep: env!("CARGO_PKG_VERSION").to_owned(),
+            storage: self.storage.to_string(),
+            started: humantime::format_rfc3339_millis(self.started_at).to_string(),
+            started_ms: state::millis(self.started_at),
+            cutoff_ms: state::millis(self.mark_options.cutoff),
+            upload_cutoff_ms: state::millis(self.plan_options.upload_cutoff),
+            delete_untagged: self.mark_options.delete_untagged,
+            min_age_seconds: self.options.min_age.as_secs(),
+            upload_max_age_seconds: self.options.upload_max_age.as_secs(),
+            blobs: self.inventory.blobs.len() as u64,
+            bytes: self.inventory.blobs.total_bytes(),
+            live_blobs: 0,
+            repositories: 0,
+        };
+        MarkState::new(header, &self.inventory, &self.marks)
     }
 
     /// What the scan found.
@@ -273,6 +380,7 @@ impl Collection {
             self.options.dry_run,
         );
         self.swap_scanned();
+        summary.blobs_total -= self.unlisted_blobs as u64;
         summary.warnings = std::mem::take(&mut self.marks.warnings);
         summary.decisions = std::mem::take(&mut self.decisions);
         if self.options.dry_run {

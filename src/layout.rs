@@ -26,6 +26,7 @@
 
 use crate::digest::{Digest, DigestError, SHA256};
 use crate::run_id::RunId;
+use crate::shard::Shard;
 
 /// The root of the registry's data below the storage root directory.
 pub const V2: &str = "docker/registry/v2/";
@@ -40,8 +41,25 @@ pub const REPOSITORIES: &str = "docker/registry/v2/repositories/";
 pub const REGSWEEP: &str = "_regsweep/";
 /// The run lock: at most one regsweep run deletes from a storage at a time.
 pub const RUN_LOCK: &str = "_regsweep/lock";
+/// Where `registry:NAME` mark states live ([`crate::state`]).
+pub const MARK_STATES: &str = "_regsweep/state/";
 /// Where `--quarantine` runs move what they would have deleted, one directory per run.
 pub const QUARANTINE: &str = "_regsweep/quarantine/";
+
+/// The object of the mark state `registry:NAME`.
+pub fn mark_state(name: &str) -> String {
+    format!("{MARK_STATES}{name}")
+}
+
+/// The run lock of one shard of a sharded sweep: the shards of one state lock apart, so that they
+/// can run at once; the whole registry (`0/1`) takes [`RUN_LOCK`], as `gc` does.
+pub fn run_lock(shard: &Shard) -> String {
+    if shard.is_whole() {
+        RUN_LOCK.to_owned()
+    } else {
+        format!("{RUN_LOCK}-shard-{}-of-{}", shard.index(), shard.count())
+    }
+}
 
 /// The directory of one quarantine run: `_regsweep/quarantine/<run>/`.
 pub fn quarantine_run(run: &RunId) -> String {

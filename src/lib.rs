@@ -38,5 +38,7 @@ pub mod restart;
 pub mod run_id;
 pub mod scan;
 pub mod select;
+pub mod shard;
+pub mod state;
 pub mod storage;
 pub mod sweep;

@@ -1,6 +1,6 @@
 //! The run lock: two regsweep runs never delete from the same storage at once.
 //!
-//! The lock is one small JSON object, [`layout::RUN_LOCK`], in the storage itself — the only thing
+//! The lock is one small JSON object, [`crate::layout::RUN_LOCK`], in the storage itself — the only thing
 //! every run on every machine shares — written with conditional puts (create-if-absent, then
 //! compare-and-swap on its version), which S3, Azure, GCS and the filesystem backend all offer. It
 //! names its holder, when the run started, and a lease: the holder renews it every quarter of the
@@ -23,7 +23,6 @@ use tokio::sync::Mutex;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
-use crate::layout;
 use crate::run_id::RunId;
 use crate::storage::{PutCondition, Storage, StorageError, Version};
 
@@ -78,6 +77,8 @@ pub enum LockError {
 /// How to take the lock.
 #[derive(Debug, Clone)]
 pub struct LockOptions {
+    /// The lock object: [`crate::layout::RUN_LOCK`], or a shard's ([`crate::layout::run_lock`]).
+    pub key: String,
     pub run: RunId,
     pub command: String,
     pub lease: Duration,
@@ -96,6 +97,7 @@ pub struct RunLock {
 
 #[derive(Debug)]
 struct Held {
+    key: String,
     record: LockRecord,
     version: Version,
 }
@@ -128,7 +130,7 @@ impl RunLock {
         storage: Arc<dyn Storage>,
         options: LockOptions,
     ) -> Result<RunLock, LockError> {
-        let key = layout::RUN_LOCK;
+        let key = options.key.as_str();
         let now = SystemTime::now();
         let record = LockRecord {
             run: options.run.to_string(),
@@ -145,7 +147,7 @@ impl RunLock {
                 .put(key, encode(&record), PutCondition::Absent)
                 .await
             {
-                Ok(version) => return Ok(Self::held(storage, record, version, options.lease)),
+                Ok(version) => return Ok(Self::held(storage, key, record, version, options.lease)),
                 Err(StorageError::PreconditionFailed { .. }) => {}
                 Err(e) => return Err(e.into()),
             }
@@ -193,7 +195,7 @@ impl RunLock {
                 .put(key, encode(&record), PutCondition::Matches(version))
                 .await
             {
-                Ok(version) => return Ok(Self::held(storage, record, version, options.lease)),
+                Ok(version) => return Ok(Self::held(storage, key, record, version, options.lease)),
                 Err(StorageError::PreconditionFailed { .. }) => {}
                 Err(e) => return Err(e.into()),
             }
@@ -205,6 +207,7 @@ impl RunLock {
 
     fn held(
         storage: Arc<dyn Storage>,
+        key: &str,
         record: LockRecord,
         version: Version,
         lease: Duration,
@@ -214,7 +217,12 @@ impl RunLock {
             lease_seconds = record.lease_seconds,
             "took the run lock"
         );
-        let state = Arc::new(Mutex::new(Held { record, version }));
+        let key = key.to_owned();
+        let state = Arc::new(Mutex::new(Held {
+            key,
+            record,
+            version,
+        }));
         let lost = Arc::new(AtomicBool::new(false));
         let heartbeat = tokio::spawn(renew(
             Arc::clone(&storage),
@@ -252,7 +260,7 @@ impl RunLock {
         let condition = PutCondition::Matches(held.version.clone());
         match self
             .storage
-            .put(layout::RUN_LOCK, encode(&held.record), condition)
+            .put(&held.key, encode(&held.record), condition)
             .await
         {
             Ok(_) => info!(run = held.record.run, "released the run lock"),
@@ -279,7 +287,7 @@ async fn renew(
         held.record.renewed = rfc3339(SystemTime::now());
         let condition = PutCondition::Matches(held.version.clone());
         match storage
-            .put(layout::RUN_LOCK, encode(&held.record), condition)
+            .put(&held.key, encode(&held.record), condition)
             .await
         {
             Ok(version) => {
@@ -307,10 +315,12 @@ async fn renew(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::layout;
     use crate::storage::local::LocalStorage;
 
     fn options(force: bool, lease: Duration) -> LockOptions {
         LockOptions {
+            key: layout::RUN_LOCK.to_owned(),
             run: RunId::new(SystemTime::now()),
             command: "gc".to_owned(),
             lease,

@@ -7,27 +7,30 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, Result};
 use clap::{CommandFactory, Parser};
 use tracing_subscriber::EnvFilter;
 
 use cli::{
-    Cli, Command, DeleteArgs, GcArgs, LockArgs, LogFormat, OutputFormat, PruneArgs, PurgeArgs,
-    ReportArgs, ReportFormat, RestoreArgs, StorageArgs,
+    Cli, Command, DeleteArgs, GcArgs, LockArgs, LogFormat, MarkArgs, OutputFormat, PruneArgs,
+    PurgeArgs, ReportArgs, ReportFormat, RestoreArgs, StorageArgs, SweepArgs,
 };
 use regsweep::config::{self, StorageConfig};
 use regsweep::cost::{self, Prices, ReportOptions};
 use regsweep::gc::{Collection, GcOptions};
+use regsweep::layout;
 use regsweep::lock::{LockOptions, RunLock};
 use regsweep::metrics::{self, Exported};
 use regsweep::quarantine::{self, PurgeOptions, PurgeSummary, RestoreOptions, RestoreSummary};
-use regsweep::report::{Summary, error_chain};
+use regsweep::report::{MarkSummary, Summary, error_chain};
 use regsweep::restart::{CommandOutcome, Forget, run_command};
 use regsweep::run_id::RunId;
 use regsweep::scan;
 use regsweep::select::{Policy, Request, SimpleRule, Target};
+use regsweep::shard::Shard;
+use regsweep::state::{Expectations, MarkState, StateLocation};
 use regsweep::storage::fault::{HANG_AFTER_DELETES_ENV, HangAfterDeletes};
 use regsweep::storage::{self, Storage, requests::RequestCounter};
 
@@ -42,12 +45,14 @@ fn main() -> ExitCode {
         .build()
         .expect("tokio runtime");
     let result = match cli.command {
-        Command::Gc(args) => runtime.block_on(gc(*args, "gc", None, cli.quiet)),
+        Command::Gc(args) => runtime.block_on(gc(*args, "gc", Work::Collect(None), cli.quiet)),
         Command::Delete(args) => runtime.block_on(delete(*args, cli.quiet)),
         Command::Prune(args) => runtime.block_on(prune(*args, cli.quiet)),
         Command::Restore(args) => runtime.block_on(restore(args, cli.quiet)),
         Command::Purge(args) => runtime.block_on(purge(args, cli.quiet)),
         Command::Report(args) => runtime.block_on(report(args)),
+        Command::Mark(args) => runtime.block_on(mark(*args, cli.quiet)),
+        Command::Sweep(args) => runtime.block_on(sweep(*args, cli.quiet)),
     };
     match result {
         Ok(code) => code,
@@ -131,7 +136,7 @@ async fn delete(mut args: DeleteArgs, quiet: bool) -> Result<ExitCode> {
         targets: args.targets,
         with_tags: args.with_tags,
     };
-    gc(args.gc, "delete", Some(request), quiet).await
+    gc(args.gc, "delete", Work::Collect(Some(request)), quiet).await
 }
 
 async fn prune(mut args: PruneArgs, quiet: bool) -> Result<ExitCode> {
@@ -169,17 +174,40 @@ async fn prune(mut args: PruneArgs, quiet: bool) -> Result<ExitCode> {
     };
     // Untagged manifests go by the rules, repository by repository, not everywhere.
     args.gc.delete_untagged = false;
-    gc(args.gc, "prune", Some(Request::Prune(policy)), quiet).await
+    gc(
+        args.gc,
+        "prune",
+        Work::Collect(Some(Request::Prune(policy))),
+        quiet,
+    )
+    .await
 }
 
-/// `gc`, `delete` and `prune`: a collection, after `request` took away what it selects.
-async fn gc(
-    args: GcArgs,
-    command: &'static str,
-    request: Option<Request>,
-    quiet: bool,
-) -> Result<ExitCode> {
-    let mut run = collect_and_forget(&args, command, request, quiet).await;
+/// What a collection starts from.
+enum Work {
+    /// `gc`, `delete` and `prune`: a scan and a mark, after the request (if any) took away what it
+    /// selects.
+    Collect(Option<Request>),
+    /// `sweep`: a mark state.
+    Sweep {
+        state: StateLocation,
+        shard: Shard,
+        max_age: Duration,
+    },
+}
+
+async fn sweep(args: SweepArgs, quiet: bool) -> Result<ExitCode> {
+    let work = Work::Sweep {
+        state: args.state,
+        shard: args.shard,
+        max_age: args.max_state_age,
+    };
+    gc(args.gc, "sweep", work, quiet).await
+}
+
+/// `gc`, `delete`, `prune` and `sweep`: a collection.
+async fn gc(args: GcArgs, command: &'static str, work: Work, quiet: bool) -> Result<ExitCode> {
+    let mut run = collect_and_forget(&args, command, work, quiet).await;
     if let Some(path) = &args.metrics_file {
         write_metrics(path, command, args.dry_run, &mut run);
     }
@@ -209,7 +237,7 @@ fn write_metrics<T: Exported>(path: &Path, command: &str, dry_run: bool, run: &m
 async fn collect_and_forget(
     args: &GcArgs,
     command: &str,
-    request: Option<Request>,
+    work: Work,
     quiet: bool,
 ) -> Result<Summary> {
     let counter = RequestCounter::default();
@@ -223,7 +251,11 @@ async fn collect_and_forget(
     let lock = if args.dry_run {
         None
     } else {
-        Some(take_lock(&storage, &run, command, &args.lock).await?)
+        let key = match &work {
+            Work::Sweep { shard, .. } => layout::run_lock(shard),
+            Work::Collect(_) => layout::RUN_LOCK.to_owned(),
+        };
+        Some(take_lock(&storage, &key, &run, command, &args.lock).await?)
     };
     let halt = lock
         .as_ref()
@@ -240,17 +272,7 @@ async fn collect_and_forget(
             outcome.command,
             outcome.status
         )),
-        _ => {
-            collect(
-                args,
-                request.as_ref(),
-                &run,
-                storage,
-                Arc::clone(&halt),
-                quiet,
-            )
-            .await
-        }
+        _ => collect(args, &work, &run, storage, Arc::clone(&halt), quiet).await,
     };
     // Whatever happened once the pre-command started, the post-command undoes it.
     let post = match &args.post_command {
@@ -294,7 +316,7 @@ async fn collect_and_forget(
 /// (unless this is a dry run).
 async fn collect(
     args: &GcArgs,
-    request: Option<&Request>,
+    work: &Work,
     run: &RunId,
     storage: Arc<dyn Storage>,
     halt: Arc<AtomicBool>,
@@ -309,9 +331,30 @@ async fn collect(
         pause_before_sweep: std::env::var_os(PAUSE_BEFORE_SWEEP_ENV).map(PathBuf::from),
         quarantine: args.quarantine.then(|| run.clone()),
     };
-    let collection = match request {
-        Some(request) => Collection::prepare_selected(storage, options, request).await?,
-        None => Collection::prepare(storage, options).await?,
+    let mut swept = None;
+    let collection = match work {
+        Work::Collect(Some(request)) => {
+            Collection::prepare_selected(storage, options, request).await?
+        }
+        Work::Collect(None) => Collection::prepare(storage, options).await?,
+        Work::Sweep {
+            state: location,
+            shard,
+            max_age,
+        } => {
+            let state = MarkState::decode(&location.read(&storage).await?, location)?;
+            let expect = Expectations {
+                storage: storage.to_string(),
+                delete_untagged: args.delete_untagged,
+                min_age: args.min_age,
+                upload_max_age: args.upload_max_age,
+                max_age: *max_age,
+                now: SystemTime::now(),
+            };
+            state.check(location, &expect)?;
+            swept = Some((state.header.run.clone(), shard.to_string()));
+            Collection::prepare_sweep(storage, options, &state, *shard).await?
+        }
     };
 
     if let Some(path) = &args.plan_file {
@@ -341,16 +384,23 @@ async fn collect(
             )?;
         }
     }
-    Ok(collection.run(halt).await)
+    let mut summary = collection.run(halt).await;
+    if let Some((mark, shard)) = swept {
+        summary.mark = Some(mark);
+        summary.shard = Some(shard);
+    }
+    Ok(summary)
 }
 
 async fn take_lock(
     storage: &Arc<dyn Storage>,
+    key: &str,
     run: &RunId,
     command: &str,
     args: &LockArgs,
 ) -> Result<RunLock> {
     let options = LockOptions {
+        key: key.to_owned(),
         run: run.clone(),
         command: command.to_owned(),
         lease: args.lock_lease,
@@ -370,7 +420,9 @@ async fn locked(
         return Ok(None);
     }
     let run = RunId::new(SystemTime::now());
-    Ok(Some(take_lock(storage, &run, command, args).await?))
+    Ok(Some(
+        take_lock(storage, layout::RUN_LOCK, &run, command, args).await?,
+    ))
 }
 
 async fn release(lock: Option<RunLock>) {
@@ -523,4 +575,40 @@ async fn report(args: ReportArgs) -> Result<ExitCode> {
         None => std::io::stdout().lock().write_all(text.as_bytes())?,
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `regsweep mark`: scan, mark, and write the state; nothing is deleted, no lock is taken.
+async fn mark(args: MarkArgs, quiet: bool) -> Result<ExitCode> {
+    let counter = RequestCounter::default();
+    let storage = open_location(&args.location, &counter)?;
+    scan::check_registry(&storage).await?;
+    let run = RunId::new(SystemTime::now());
+    let options = GcOptions {
+        dry_run: true,
+        delete_untagged: args.delete_untagged,
+        min_age: args.min_age,
+        upload_max_age: args.upload_max_age,
+        concurrency: concurrency(args.concurrency, &storage),
+        pause_before_sweep: None,
+        quarantine: None,
+    };
+    let started = std::time::Instant::now();
+    let collection = Collection::prepare(Arc::clone(&storage), options).await?;
+    let state = collection.state(&run);
+    let bytes = state.encode();
+    let state_bytes = bytes.len() as u64;
+    args.state.write(&storage, bytes).await?;
+    tracing::info!(state = %args.state, bytes = state_bytes, "wrote the mark state");
+    let plan = collection.plan();
+    let summary = MarkSummary {
+        state: args.state.to_string(),
+        header: state.header,
+        state_bytes,
+        deletions_planned: plan.deletions.len() as u64,
+        bytes_reclaimable: plan.deletions.iter().map(|d| d.bytes).sum(),
+        warnings: collection.marks().warnings.clone(),
+        requests: counter.snapshot(),
+        duration_seconds: started.elapsed().as_secs_f64(),
+    };
+    finish(&summary, 0, args.format, quiet)
 }

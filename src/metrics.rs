@@ -241,19 +241,20 @@ fn escape(value: &str) -> String {
         .replace('\n', "\\n")
 }
 
-/// Writes `text` to `path` atomically: a temporary file in the same directory, synced, renamed over
-/// `path`. On failure the temporary file is removed and `path` is left as it was.
-pub fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
+/// Writes `content` to `path` atomically: a temporary file in the same directory, synced, renamed
+/// over `path`. On failure the temporary file is removed and `path` is left as it was. (Also how
+/// a mark state is written to a local file.)
+pub fn write_atomically(path: &Path, content: impl AsRef<[u8]>) -> std::io::Result<()> {
     let name = path
         .file_name()
-        .ok_or_else(|| std::io::Error::other("the metrics file needs a file name"))?;
+        .ok_or_else(|| std::io::Error::other(format!("{} is no file name", path.display())))?;
     let mut temporary_name = std::ffi::OsString::from(".");
     temporary_name.push(name);
     temporary_name.push(format!(".{}.tmp", std::process::id()));
     let temporary = path.with_file_name(temporary_name);
     let written = (|| {
         let mut file = std::fs::File::create(&temporary)?;
-        file.write_all(text.as_bytes())?;
+        file.write_all(content.as_ref())?;
         file.sync_all()?;
         std::fs::rename(&temporary, path)
     })();

@@ -145,6 +145,38 @@ impl Deletion {
     }
 }
 
+/// What a deletion belongs to, as shards split the work ([`crate::shard`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Owner<'a> {
+    /// A blob, or an empty directory of blobs, under `blobs/sha256/<byte>/`.
+    BlobShard(u8),
+    Repository(&'a str),
+    /// Anything else (empty directories between repositories).
+    Registry,
+}
+
+impl Deletion {
+    pub fn owner<'a>(&'a self, inventory: &'a Inventory) -> Owner<'a> {
+        let key = match &self.target {
+            Target::Blob(index) => {
+                return Owner::BlobShard(inventory.blobs.digest(*index).as_bytes()[0]);
+            }
+            &Target::LayerLink { repository, .. } => {
+                return Owner::Repository(&inventory.repositories[repository as usize].name);
+            }
+            Target::Keys(keys) => keys.first().map_or("", String::as_str),
+            Target::Multipart(upload) => &upload.key,
+        };
+        if let Some(name) = layout::parse_repository_key(key).repository {
+            return Owner::Repository(name);
+        }
+        key.strip_prefix(layout::SHA256_BLOBS)
+            .and_then(|rest| rest.get(..2))
+            .and_then(|byte| u8::from_str_radix(byte, 16).ok())
+            .map_or(Owner::Registry, Owner::BlobShard)
+    }
+}
+
 /// The repository name and blob of layer link `link` of repository `repository`.
 fn layer_link(inventory: &Inventory, repository: u32, link: u32) -> (&str, &Digest) {
     let repository = &inventory.repositories[repository as usize];

@@ -130,6 +130,64 @@ pub async fn remark_released(
     Ok(reprieve)
 }
 
+/// For a sweep from a mark state ([`crate::state`]): the repositories at `busy` (indices into
+/// `inventory`) were written since the mark, so the state cannot vouch for them. Every revision,
+/// tag, tag index entry and young layer link of theirs is a root, whatever the options (their
+/// referrers are revisions too, so they are reached), and whatever the roots reach is kept,
+/// wherever it is stored; the sweep also leaves the busy repositories themselves as they are (the
+/// next run collects them). Manifests the state already had live in the repository are not read
+/// again: what they reference is live in it.
+pub async fn since_mark(
+    storage: &Arc<dyn Storage>,
+    inventory: &Inventory,
+    marks: &MarkSet,
+    busy: &[usize],
+    cutoff: std::time::SystemTime,
+) -> Result<Reprieve, RemarkError> {
+    let catalog = ManifestCatalog::default();
+    let mut reprieve = Reprieve::default();
+    let mut read_since = HashMap::new();
+    for &r in busy {
+        let repo = &inventory.repositories[r];
+        reprieve.repositories.insert(repo.name.clone());
+        // A young layer link is an upload (or a mount) whose manifest may come next.
+        for link in repo.layer_links.iter().filter(|l| l.modified > cutoff) {
+            reprieve.blobs.insert(link.digest);
+            reprieve.links.insert((repo.name.clone(), link.digest));
+        }
+        reprieve
+            .blobs
+            .extend(repo.signatures.iter().map(|s| s.signature));
+        let mut roots: Vec<Digest> = repo.revisions.iter().map(|l| l.digest).collect();
+        for tag in &repo.tags {
+            if let Some(current) = &tag.current {
+                match &current.target {
+                    Ok(digest) => roots.push(*digest),
+                    Err(error) => {
+                        return Err(RemarkError::CorruptTagLink {
+                            repository: repo.name.clone(),
+                            tag: tag.name.clone(),
+                            error: error.clone(),
+                        });
+                    }
+                }
+            }
+            roots.extend(tag.index.iter().map(|l| l.digest));
+        }
+        let mut closure = Closure {
+            storage,
+            inventory,
+            catalog: &catalog,
+            live: Some(&marks.repositories[r]),
+            repository: &repo.name,
+            read_since: &mut read_since,
+            reprieve: &mut reprieve,
+        };
+        closure.mark(roots, HashMap::new()).await?;
+    }
+    Ok(reprieve)
+}
+
 /// Copies the targets the scan read for tag links listed unchanged; reads the others.
 async fn read_changed_tag_links(
     storage: &Arc<dyn Storage>,

@@ -13,6 +13,7 @@ use crate::restart::webhook::WebhookOutcome;
 use crate::restart::{CommandOutcome, Deleted};
 use crate::scan::Inventory;
 use crate::select::Decision;
+use crate::state::StateHeader;
 use crate::storage::requests::Requests;
 
 /// What a run found and what it deleted (in a dry run: what it would delete).
@@ -62,6 +63,11 @@ pub struct Summary {
     pub pre_command: Option<CommandOutcome>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub post_command: Option<CommandOutcome>,
+    /// `sweep`: the mark state's run and the shard swept (`I/N`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mark: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shard: Option<String>,
     /// The run, as the lock and logs name it (absent in dry runs, which take no lock).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub run: Option<String>,
@@ -207,6 +213,9 @@ impl fmt::Display for Summary {
             "deleted"
         };
         writeln!(f, "storage: {}", self.storage)?;
+        if let (Some(mark), Some(shard)) = (&self.mark, &self.shard) {
+            writeln!(f, "sweep of shard {shard} from the mark {mark}")?;
+        }
         writeln!(
             f,
             "found: {} repositories, {} tags, {} manifests, {} blobs ({})",
@@ -267,5 +276,56 @@ impl fmt::Display for Summary {
             r.delete,
             r.other
         )
+    }
+}
+
+/// What `regsweep mark` prints: the state it wrote.
+#[derive(Debug, Serialize)]
+pub struct MarkSummary {
+    /// Where the state went (`registry:NAME` or a path).
+    pub state: String,
+    /// The state's own header: run, storage, start, cut-offs, options, counts.
+    #[serde(flatten)]
+    pub header: StateHeader,
+    /// Size of the state written.
+    pub state_bytes: u64,
+    /// What a sweep of every shard would delete now, and the content it would free.
+    pub deletions_planned: u64,
+    pub bytes_reclaimable: u64,
+    pub warnings: Vec<String>,
+    pub requests: Requests,
+    pub duration_seconds: f64,
+}
+
+impl fmt::Display for MarkSummary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let h = &self.header;
+        writeln!(f, "storage: {}", h.storage)?;
+        writeln!(
+            f,
+            "marked: {} live blobs of {} ({}), {} repositories",
+            h.live_blobs,
+            h.blobs,
+            human_bytes(h.bytes),
+            h.repositories
+        )?;
+        writeln!(
+            f,
+            "state: {} ({}), mark {} started {}",
+            self.state,
+            human_bytes(self.state_bytes),
+            h.run,
+            h.started
+        )?;
+        writeln!(
+            f,
+            "a sweep would delete now: {} objects, freeing {}",
+            self.deletions_planned,
+            human_bytes(self.bytes_reclaimable)
+        )?;
+        for warning in &self.warnings {
+            writeln!(f, "warning: {warning}")?;
+        }
+        write!(f, "took {:.1}s", self.duration_seconds)
     }
 }

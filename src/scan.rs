@@ -18,6 +18,7 @@ use thiserror::Error;
 
 use crate::digest::{Digest, DigestError};
 use crate::layout::{self, BlobObject, RepositoryObject};
+use crate::shard::Shard;
 use crate::storage::{MultipartUpload, ObjectMeta, Storage, StorageError};
 
 /// Why a scan could not complete. Nothing has been deleted when one of these is returned.
@@ -217,6 +218,22 @@ pub struct Repository {
 }
 
 impl Repository {
+    /// Whether anything in the repository was written after `instant`. Empty directories do not
+    /// count: a sweep that was interrupted leaves some behind, freshly modified by its deletions.
+    pub fn written_since(&self, instant: SystemTime) -> bool {
+        let after = |modified: SystemTime| modified > instant;
+        let links = |links: &[Link]| links.iter().any(|l| after(l.modified));
+        links(&self.layer_links)
+            || links(&self.revisions)
+            || self.signatures.iter().any(|s| after(s.modified))
+            || self
+                .tags
+                .iter()
+                .any(|t| links(&t.index) || t.current.as_ref().is_some_and(|c| after(c.modified)))
+            || self.uploads.iter().any(|u| after(u.last_activity()))
+            || self.unknown.iter().any(|o| after(o.modified))
+    }
+
     /// Drops the spare capacity the listing left: an inventory holds every link of the registry.
     fn shrink_to_fit(mut self) -> Repository {
         self.layer_links.shrink_to_fit();
@@ -269,6 +286,16 @@ pub async fn check_registry(storage: &Arc<dyn Storage>) -> Result<(), ScanError>
 
 /// Lists the whole registry below `storage` with at most `concurrency` requests in flight.
 pub async fn scan(storage: &Arc<dyn Storage>, concurrency: usize) -> Result<Inventory, ScanError> {
+    scan_shard(storage, concurrency, &Shard::WHOLE).await
+}
+
+/// [`scan`], where only the blobs of `shard` are listed (every repository still is: what a
+/// repository references may lie in any shard).
+pub async fn scan_shard(
+    storage: &Arc<dyn Storage>,
+    concurrency: usize,
+    shard: &Shard,
+) -> Result<Inventory, ScanError> {
     storage.check_listing(layout::REPOSITORIES).await?;
     let top = storage.list_dir(layout::V2).await?;
     if top.objects.is_empty() && top.prefixes.is_empty() {
@@ -279,16 +306,29 @@ pub async fn scan(storage: &Arc<dyn Storage>, concurrency: usize) -> Result<Inve
     let mut inventory = Inventory::default();
     inventory.unknown.extend(top.objects);
 
-    let mut ranges = blob_ranges(storage);
+    let mut ranges = if shard.is_whole() {
+        blob_ranges(storage)
+    } else {
+        None
+    };
     let split = if ranges.is_some() {
         None
     } else {
         Some(layout::SHA256_BLOBS)
     };
-    let ((blob_prefixes, blob_strays), (repository_prefixes, repository_strays)) = tokio::try_join!(
-        prefixes_to_list(storage, layout::BLOBS, split),
-        prefixes_to_list(storage, layout::REPOSITORIES, None),
-    )?;
+    let ((blob_prefixes, blob_strays), (repository_prefixes, repository_strays)) =
+        if shard.is_whole() {
+            tokio::try_join!(
+                prefixes_to_list(storage, layout::BLOBS, split),
+                prefixes_to_list(storage, layout::REPOSITORIES, None),
+            )?
+        } else {
+            let own = shard.blob_shards().map(layout::blob_shard).collect();
+            (
+                (own, Vec::new()),
+                prefixes_to_list(storage, layout::REPOSITORIES, None).await?,
+            )
+        };
     inventory.unknown.extend(blob_strays);
     inventory.unknown.extend(repository_strays);
     let mut blobs = BlobUniverseBuilder::default();

@@ -25,6 +25,7 @@ fn open(dir: &tempfile::TempDir, yaml: &str) -> Arc<dyn Storage> {
 
 fn options(lease: Duration, force: bool) -> LockOptions {
     LockOptions {
+        key: regsweep::layout::RUN_LOCK.to_owned(),
         run: RunId::new(SystemTime::now()),
         command: "gc".to_owned(),
         lease,

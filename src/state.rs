@@ -1,0 +1,576 @@
+//! Mark state: the result of `regsweep mark`, persisted for `regsweep sweep` (possibly N of them,
+//! one per [`Shard`](crate::shard::Shard), on other machines, later).
+//!
+//! It holds what the sweep cannot see for itself: which blobs were live, and, per repository,
+//! which manifests and `_layers` links were — plus the instants and options the mark ran with, so
+//! that a sweep with other options, on another storage, or long after, is refused rather than
+//! trusted. What was written since the mark is the sweep's business ([`crate::gc`]).
+//!
+//! # Format 1
+//! All integers little-endian.
+//!
+//! | bytes | what |
+//! |---|---|
+//! | 8 | magic `RGSWMARK` |
+//! | 4 | format version, `1` |
+//! | 4 + n | header length, then the header as UTF-8 JSON ([`StateHeader`]) |
+//! | 8 + 32·k | count of live blobs, then their raw sha256 digests, strictly ascending |
+//! | 8 + … | count of repositories, then each, by ascending name: name length (4) and UTF-8 name; length (4) and portable roaring bitmap of its live manifests; length (4) and roaring bitmap of its live `_layers` links — both as indices into the live blobs |
+//! | 32 | SHA-256 of every byte before it |
+//!
+//! A reader checks the magic, the version and the checksum before it believes anything else.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use roaring::RoaringBitmap;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+use thiserror::Error;
+
+use crate::digest::Digest;
+use crate::layout;
+use crate::mark::{MarkSet, RepositoryMarks};
+use crate::metrics;
+use crate::scan::{BlobUniverse, Inventory};
+use crate::storage::{PutCondition, Storage, StorageError};
+
+/// The format this build writes and reads.
+pub const FORMAT: u32 = 1;
+const MAGIC: &[u8; 8] = b"RGSWMARK";
+const CHECKSUM_BYTES: usize = 32;
+
+/// Where a state is kept: a local file, or `registry:NAME`, the object
+/// `_regsweep/state/NAME` in the registry's own storage (beside, not in, `docker/`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StateLocation {
+    File(PathBuf),
+    Registry(String),
+}
+
+impl StateLocation {
+    pub fn parse(text: &str) -> Result<StateLocation, String> {
+        match text.strip_prefix("registry:") {
+            Some(name) => {
+                let valid = !name.is_empty()
+                    && !name.starts_with('.')
+                    && name
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+                if valid {
+                    Ok(StateLocation::Registry(name.to_owned()))
+                } else {
+                    Err(format!(
+                        "{text:?}: a state in the registry's storage is registry:NAME, NAME of \
+                         letters, digits, '.', '_' and '-'"
+                    ))
+                }
+            }
+            None if text.is_empty() => Err("the state location is empty".to_owned()),
+            None => Ok(StateLocation::File(PathBuf::from(text))),
+        }
+    }
+
+    /// Writes `bytes` whole or not at all: a reader never sees half a state.
+    pub async fn write(
+        &self,
+        storage: &Arc<dyn Storage>,
+        bytes: Vec<u8>,
+    ) -> Result<(), StateError> {
+        let failed = |reason: String| StateError::Write {
+            location: self.to_string(),
+            reason,
+        };
+        match self {
+            StateLocation::Registry(name) => {
+                // A single PUT replaces an object atomically.
+                storage
+                    .put(&layout::mark_state(name), bytes, PutCondition::Overwrite)
+                    .await
+                    .map_err(|e| failed(e.to_string()))?;
+            }
+            StateLocation::File(path) => {
+                metrics::write_atomically(path, &bytes).map_err(|e| failed(e.to_string()))?;
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn read(&self, storage: &Arc<dyn Storage>) -> Result<Vec<u8>, StateError> {
+        let failed = |reason: String| StateError::Read {
+            location: self.to_string(),
+            reason,
+        };
+        match self {
+            StateLocation::Registry(name) => {
+                storage
+                    .get(&layout::mark_state(name))
+                    .await
+                    .map_err(|e| match e {
+                        StorageError::NotFound { .. } => {
+                            failed("no such state: run `regsweep mark` first".to_owned())
+                        }
+                        e => failed(e.to_string()),
+                    })
+            }
+            StateLocation::File(path) => std::fs::read(path).map_err(|e| failed(e.to_string())),
+        }
+    }
+}
+
+impl std::fmt::Display for StateLocation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StateLocation::File(path) => write!(f, "{}", path.display()),
+            StateLocation::Registry(name) => write!(f, "registry:{name}"),
+        }
+    }
+}
+
+/// What a state says about its mark, as JSON in the file (and in `regsweep mark`'s summary).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StateHeader {
+    /// The mark's run ID.
+    pub run: String,
+    /// The regsweep version that wrote it.
+    pub regsweep: String,
+    /// The storage it was made from, as regsweep prints it.
+    pub storage: String,
+    /// When the mark started (RFC 3339, for people; `started_ms` is what counts).
+    pub started: String,
+    /// Milliseconds since the epoch.
+    pub started_ms: u64,
+    /// `--min-age` before `started`: what was modified after this is young, kept by every sweep.
+    pub cutoff_ms: u64,
+    /// `--upload-max-age` before `started`.
+    pub upload_cutoff_ms: u64,
+    pub delete_untagged: bool,
+    pub min_age_seconds: u64,
+    pub upload_max_age_seconds: u64,
+    /// Blobs the mark listed, and their bytes.
+    pub blobs: u64,
+    pub bytes: u64,
+    pub live_blobs: u64,
+    pub repositories: u64,
+}
+
+impl StateHeader {
+    pub fn started(&self) -> SystemTime {
+        at_millis(self.started_ms)
+    }
+
+    pub fn cutoff(&self) -> SystemTime {
+        at_millis(self.cutoff_ms)
+    }
+
+    pub fn upload_cutoff(&self) -> SystemTime {
+        at_millis(self.upload_cutoff_ms)
+    }
+}
+
+fn at_millis(ms: u64) -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_millis(ms)
+}
+
+/// Milliseconds since the epoch, rounded down (a cut-off a little earlier keeps a little more).
+pub fn millis(time: SystemTime) -> u64 {
+    let since = time
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default();
+    u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// The result of a mark.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MarkState {
+    pub header: StateHeader,
+    /// Every live blob, ascending.
+    live: Vec<Digest>,
+    /// By ascending name.
+    repositories: Vec<RepositoryState>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+struct RepositoryState {
+    name: String,
+    /// Indices into `live`.
+    manifests: RoaringBitmap,
+    layers: RoaringBitmap,
+}
+
+/// Why a state cannot be used. Nothing is deleted when one of these is returned.
+#[derive(Debug, Error)]
+pub enum StateError {
+    #[error("mark state {location}: cannot be read: {reason}")]
+    Read { location: String, reason: String },
+    #[error("mark state {location}: cannot be written: {reason}")]
+    Write { location: String, reason: String },
+    #[error("mark state {location}: not a regsweep mark state")]
+    NotAState { location: String },
+    #[error("mark state {location}: format {found}; this regsweep reads format {FORMAT}")]
+    Format { location: String, found: u32 },
+    #[error(
+        "mark state {location}: checksum mismatch, the state is corrupt or truncated (it says \
+         sha256 {stored}, its content has {computed}): mark again"
+    )]
+    Checksum {
+        location: String,
+        stored: String,
+        computed: String,
+    },
+    #[error("mark state {location}: malformed: {reason}")]
+    Malformed { location: String, reason: String },
+    #[error(
+        "mark state {location} was made from {state}, not from {this}: sweep the storage it was \
+         made from"
+    )]
+    OtherStorage {
+        location: String,
+        state: String,
+        this: String,
+    },
+    #[error(
+        "mark state {location} was made with {option} {state}, this sweep has {this}: sweep with \
+         the options of the mark, or mark again"
+    )]
+    OtherOptions {
+        location: String,
+        option: &'static str,
+        state: String,
+        this: String,
+    },
+    #[error(
+        "mark state {location} is stale: the mark started {started}, {age} ago, more than \
+         --max-state-age {max}: mark again"
+    )]
+    Stale {
+        location: String,
+        started: String,
+        age: String,
+        max: String,
+    },
+    #[error(
+        "mark state {location} says its mark started {started}, in the future: check this \
+         machine's clock"
+    )]
+    Future { location: String, started: String },
+}
+
+/// What the sweep expects of a state: the options it was given and when it runs.
+#[derive(Debug, Clone)]
+pub struct Expectations {
+    pub storage: String,
+    pub delete_untagged: bool,
+    pub min_age: Duration,
+    pub upload_max_age: Duration,
+    /// A state whose mark started longer ago than this is stale.
+    pub max_age: Duration,
+    pub now: SystemTime,
+}
+
+/// How far a state's start may lie ahead of this machine's clock (the marking machine's clock).
+const CLOCK_SKEW: Duration = Duration::from_secs(5 * 60);
+
+impl MarkState {
+    /// The state of a mark of `inventory`.
+    pub fn new(header: StateHeader, inventory: &Inventory, marks: &MarkSet) -> MarkState {
+        let universe = &inventory.blobs;
+        let live: Vec<Digest> = marks.blobs.iter().map(|i| *universe.digest(i)).collect();
+        // A universe index's position among the live blobs: both are in digest order.
+        let position = |i: u32| {
+            marks
+                .blobs
+                .rank(i)
+                .checked_sub(1)
+                .expect("a repository's marks are among the live blobs") as u32
+        };
+        let repositories = inventory
+            .repositories
+            .iter()
+            .zip(&marks.repositories)
+            .map(|(repo, repo_marks)| RepositoryState {
+                name: repo.name.clone(),
+                manifests: repo_marks.manifests.iter().map(position).collect(),
+                layers: repo_marks.layers.iter().map(position).collect(),
+            })
+            .collect();
+        MarkState {
+            header: StateHeader {
+                live_blobs: live.len() as u64,
+                repositories: inventory.repositories.len() as u64,
+                ..header
+            },
+            live,
+            repositories,
+        }
+    }
+
+    /// Refuses a state made for another storage, with other options, too long ago or in the
+    /// future.
+    pub fn check(&self, location: &StateLocation, expect: &Expectations) -> Result<(), StateError> {
+        let location = location.to_string();
+        let h = &self.header;
+        if h.storage != expect.storage {
+            return Err(StateError::OtherStorage {
+                location,
+                state: h.storage.clone(),
+                this: expect.storage.clone(),
+            });
+        }
+        let human = |seconds: u64| humantime::format_duration(Duration::from_secs(seconds));
+        let differs: [(&'static str, String, String); 3] = [
+            (
+                "--delete-untagged",
+                h.delete_untagged.to_string(),
+                expect.delete_untagged.to_string(),
+            ),
+            (
+                "--min-age",
+                human(h.min_age_seconds).to_string(),
+                human(expect.min_age.as_secs()).to_string(),
+            ),
+            (
+                "--upload-max-age",
+                human(h.upload_max_age_seconds).to_string(),
+                human(expect.upload_max_age.as_secs()).to_string(),
+            ),
+        ];
+        if let Some((option, state, this)) = differs.into_iter().find(|(_, s, t)| s != t) {
+            return Err(StateError::OtherOptions {
+                location,
+                option,
+                state,
+                this,
+            });
+        }
+        let started = h.started();
+        if started > expect.now + CLOCK_SKEW {
+            return Err(StateError::Future {
+                location,
+                started: h.started.clone(),
+            });
+        }
+        let age = expect.now.duration_since(started).unwrap_or_default();
+        if age > expect.max_age {
+            return Err(StateError::Stale {
+                location,
+                started: h.started.clone(),
+                age: humantime::format_duration(Duration::from_secs(age.as_secs())).to_string(),
+                max: humantime::format_duration(expect.max_age).to_string(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Live blobs, ascending.
+    pub fn live(&self) -> &[Digest] {
+        &self.live
+    }
+
+    /// Whether the mark knew the repository `name`.
+    pub fn has_repository(&self, name: &str) -> bool {
+        self.repository(name).is_some()
+    }
+
+    fn repository(&self, name: &str) -> Option<&RepositoryState> {
+        self.repositories
+            .binary_search_by(|r| r.name.as_str().cmp(name))
+            .ok()
+            .map(|i| &self.repositories[i])
+    }
+
+    /// Adds the live blobs the listing of `inventory` did not return (other shards' blobs) to its
+    /// universe, as never-deletable entries, and returns the state's marks over that universe,
+    /// aligned with its repositories (a repository the mark did not know has none). Returns how
+    /// many blobs were added.
+    pub fn apply(&self, inventory: &mut Inventory) -> (MarkSet, usize) {
+        let listed = std::mem::take(&mut inventory.blobs);
+        let mut entries: Vec<(Digest, u64, SystemTime)> = (0..listed.len() as u32)
+            .map(|i| (*listed.digest(i), listed.size(i), listed.modified(i)))
+            .collect();
+        let added_from = entries.len();
+        entries.extend(
+            self.live
+                .iter()
+                .filter(|d| listed.index(d).is_none())
+                .map(|d| (*d, 0, SystemTime::UNIX_EPOCH)),
+        );
+        let added = entries.len() - added_from;
+        drop(listed);
+        inventory.blobs = BlobUniverse::new(entries);
+        let universe = &inventory.blobs;
+        let index = |k: u32| {
+            universe
+                .index(&self.live[k as usize])
+                .expect("every live blob is in the universe")
+        };
+        let map = |set: &RoaringBitmap| -> RoaringBitmap { set.iter().map(index).collect() };
+        let marks = MarkSet {
+            blobs: (0..self.live.len() as u32).map(index).collect(),
+            repositories: inventory
+                .repositories
+                .iter()
+                .map(|repo| match self.repository(&repo.name) {
+                    Some(state) => RepositoryMarks {
+                        manifests: map(&state.manifests).into(),
+                        layers: map(&state.layers).into(),
+                    },
+                    None => RepositoryMarks::default(),
+                })
+                .collect(),
+            warnings: Vec::new(),
+        };
+        (marks, added)
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        let header = serde_json::to_vec(&self.header).expect("a header serializes");
+        let mut out = Vec::with_capacity(64 + header.len() + 32 * self.live.len());
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&FORMAT.to_le_bytes());
+        out.extend_from_slice(&(header.len() as u32).to_le_bytes());
+        out.extend_from_slice(&header);
+        out.extend_from_slice(&(self.live.len() as u64).to_le_bytes());
+        for digest in &self.live {
+            out.extend_from_slice(digest.as_bytes());
+        }
+        out.extend_from_slice(&(self.repositories.len() as u64).to_le_bytes());
+        for repo in &self.repositories {
+            out.extend_from_slice(&(repo.name.len() as u32).to_le_bytes());
+            out.extend_from_slice(repo.name.as_bytes());
+            for set in [&repo.manifests, &repo.layers] {
+                out.extend_from_slice(&(set.serialized_size() as u32).to_le_bytes());
+                set.serialize_into(&mut out).expect("writing to memory");
+            }
+        }
+        let checksum = Sha256::digest(&out);
+        out.extend_from_slice(&checksum);
+        out
+    }
+
+    pub fn decode(bytes: &[u8], location: &StateLocation) -> Result<MarkState, StateError> {
+        let location = location.to_string();
+        if bytes.len() < MAGIC.len() + 4 || &bytes[..MAGIC.len()] != MAGIC {
+            return Err(StateError::NotAState { location });
+        }
+        let found = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes"));
+        if found != FORMAT {
+            return Err(StateError::Format { location, found });
+        }
+        let malformed = |reason: String| StateError::Malformed {
+            location: location.clone(),
+            reason,
+        };
+        let Some(body_len) = bytes.len().checked_sub(CHECKSUM_BYTES) else {
+            return Err(malformed("shorter than its checksum".to_owned()));
+        };
+        let (body, stored) = bytes.split_at(body_len);
+        let computed = Sha256::digest(body);
+        if computed.as_slice() != stored {
+            return Err(StateError::Checksum {
+                location,
+                stored: hex(stored),
+                computed: hex(&computed),
+            });
+        }
+        let mut reader = Reader {
+            bytes: body,
+            at: 12,
+        };
+        decode_body(&mut reader).map_err(malformed)
+    }
+}
+
+fn decode_body(r: &mut Reader<'_>) -> Result<MarkState, String> {
+    let header_len = r.u32()? as usize;
+    let header: StateHeader =
+        serde_json::from_slice(r.take(header_len)?).map_err(|e| format!("header: {e}"))?;
+    let live_count = usize::try_from(r.u64()?).map_err(|e| e.to_string())?;
+    let live_bytes = r.take(
+        live_count
+            .checked_mul(32)
+            .ok_or("live blob count overflows")?,
+    )?;
+    let live: Vec<Digest> = live_bytes
+        .chunks_exact(32)
+        .map(|c| Digest::from_bytes(c.try_into().expect("32 bytes")))
+        .collect();
+    if live.windows(2).any(|w| w[0] >= w[1]) {
+        return Err("live blobs are not strictly ascending".to_owned());
+    }
+    let repo_count = r.u64()?;
+    let mut repositories: Vec<RepositoryState> = Vec::new();
+    for _ in 0..repo_count {
+        let name_len = r.u32()? as usize;
+        let name = std::str::from_utf8(r.take(name_len)?)
+            .map_err(|_| "a repository name is not UTF-8".to_owned())?
+            .to_owned();
+        if repositories.last().is_some_and(|last| last.name >= name) {
+            return Err(format!("repository {name}: not in ascending order"));
+        }
+        let mut sets = [RoaringBitmap::new(), RoaringBitmap::new()];
+        for set in &mut sets {
+            let len = r.u32()? as usize;
+            *set = RoaringBitmap::deserialize_from(r.take(len)?)
+                .map_err(|e| format!("repository {name}: {e}"))?;
+            if set.max().is_some_and(|max| max as usize >= live.len()) {
+                return Err(format!("repository {name}: marks beyond the live blobs"));
+            }
+        }
+        let [manifests, layers] = sets;
+        repositories.push(RepositoryState {
+            name,
+            manifests,
+            layers,
+        });
+    }
+    if r.at != r.bytes.len() {
+        return Err(format!(
+            "{} bytes after the last repository",
+            r.bytes.len() - r.at
+        ));
+    }
+    if header.live_blobs != live.len() as u64 || header.repositories != repo_count {
+        return Err("the header's counts disagree with the content".to_owned());
+    }
+    Ok(MarkState {
+        header,
+        live,
+        repositories,
+    })
+}
+
+struct Reader<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
+        let end = self
+            .at
+            .checked_add(n)
+            .filter(|&end| end <= self.bytes.len())
+            .ok_or_else(|| format!("ends early, at byte {}", self.bytes.len()))?;
+        let taken = &self.bytes[self.at..end];
+        self.at = end;
+        Ok(taken)
+    }
+
+    fn u32(&mut self) -> Result<u32, String> {
+        Ok(u32::from_le_bytes(
+            self.take(4)?.try_into().expect("4 bytes"),
+        ))
+    }
+
+    fn u64(&mut self) -> Result<u64, String> {
+        Ok(u64::from_le_bytes(
+            self.take(8)?.try_into().expect("8 bytes"),
+        ))
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

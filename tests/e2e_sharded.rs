@@ -1,0 +1,448 @@
+//! End-to-end tests of `regsweep mark` and `regsweep sweep [--shard I/N]` against storage the real
+//! registry (`docker-registry` 2.8) wrote, on a filesystem and on S3 (`moto_server`): the shards of
+//! one mark leave exactly what one `gc` leaves and every surviving tag pulls after a restart; a
+//! killed sweep started again finishes the job; pushes between the mark and the sweep survive; a
+//! stale, mismatched or corrupt state is refused and nothing is deleted.
+
+pub mod support;
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use support::hostile::copy_tree;
+use support::run::{Background, RunOutput, field_u64};
+use support::s3::MotoServer;
+use support::storage::{assert_exactly_the_live_set, snapshot_diff};
+use support::workload::{Format, Ref, Workload, backdate_tree};
+use support::{Fixture, Model, read_plan, run_regsweep, tree_snapshot, verify_gone, verify_pulls};
+
+const HANG_ENV: &str = "REGSWEEP_TEST_HANG_AFTER_DELETES";
+const HANG_MARKER: &str = "regsweep-test: hanging";
+/// What `gc` and `sweep` summaries count of the work, summed over the shards.
+const WORK: [&str; 7] = [
+    "blobs_deleted",
+    "bytes_deleted",
+    "manifests_deleted",
+    "links_deleted",
+    "tags_deleted",
+    "repositories_deleted",
+    "uploads_deleted",
+];
+
+fn bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_regsweep"))
+}
+
+fn regsweep(args: &[&str]) -> RunOutput {
+    run_regsweep(bin(), args)
+}
+
+fn config(f: &Fixture) -> String {
+    f.registry.config_path().to_string_lossy().into_owned()
+}
+
+fn kept_uploads(model: &Model) -> BTreeSet<(String, String)> {
+    model
+        .kept_uploads(168)
+        .iter()
+        .map(|u| (u.repo.clone(), u.uuid.clone()))
+        .collect()
+}
+
+/// `regsweep mark <location…> --state <state> -m --min-age 0s --format json`.
+fn mark(location: &[&str], state: &str) -> RunOutput {
+    let mut args = vec!["mark"];
+    args.extend_from_slice(location);
+    args.extend_from_slice(&[
+        "--state",
+        state,
+        "-m",
+        "--min-age",
+        "0s",
+        "--format",
+        "json",
+    ]);
+    let run = regsweep(&args);
+    run.assert_success();
+    run
+}
+
+/// `regsweep sweep <location…> --state <state> -m --min-age 0s --format json [extra…]`.
+fn sweep(location: &[&str], state: &str, extra: &[&str]) -> RunOutput {
+    let mut args = vec!["sweep"];
+    args.extend_from_slice(location);
+    args.extend_from_slice(&[
+        "--state",
+        state,
+        "-m",
+        "--min-age",
+        "0s",
+        "--format",
+        "json",
+    ]);
+    args.extend_from_slice(extra);
+    regsweep(&args)
+}
+
+/// The blob digests a plan file deletes.
+fn planned_blob_bytes(plan: &Path) -> Vec<u8> {
+    read_plan(plan)
+        .iter()
+        .filter_map(|e| e.key.split("/blobs/sha256/").nth(1))
+        .map(|rest| u8::from_str_radix(&rest[..2], 16).unwrap())
+        .collect()
+}
+
+#[test]
+fn four_shards_of_one_mark_leave_exactly_what_one_gc_leaves_and_every_tag_pulls() {
+    let mut f = Fixture::build();
+    f.registry.stop();
+    let root = f.registry.storage_root();
+    // The same registry, collected by one gc.
+    let single = f.dir().join("single");
+    copy_tree(&root, &single);
+    let single_url = single.to_string_lossy().into_owned();
+    let gc = regsweep(&[
+        "gc",
+        "--storage",
+        &single_url,
+        "-m",
+        "--min-age",
+        "0s",
+        "--format",
+        "json",
+    ]);
+    gc.assert_success();
+
+    let config = config(&f);
+    let marked = mark(&[&config], "registry:nightly");
+    let header = marked.json();
+    assert_eq!(
+        field_u64(&header, "blobs", &marked),
+        f.model.all_blobs().len() as u64
+    );
+    assert_eq!(
+        field_u64(&header, "live_blobs", &marked),
+        f.model.expected_live_blobs(true).len() as u64,
+        "{}",
+        marked.describe()
+    );
+    assert!(
+        root.join("_regsweep/state/nightly").is_file(),
+        "the state is not in the registry's storage"
+    );
+
+    let mut total = [0u64; WORK.len()];
+    for i in 0..4 {
+        let shard = format!("{i}/4");
+        let plan = f.dir().join(format!("plan-{i}.jsonl"));
+        let plan_arg = plan.to_string_lossy().into_owned();
+        let run = sweep(
+            &[&config],
+            "registry:nightly",
+            &["--shard", &shard, "--plan-file", &plan_arg],
+        );
+        run.assert_success();
+        let summary = run.json();
+        assert_eq!(summary["shard"], shard.as_str(), "{}", run.describe());
+        for (sum, field) in total.iter_mut().zip(WORK) {
+            *sum += field_u64(&summary, field, &run);
+        }
+        // A shard deletes only its own blobs.
+        let bytes = planned_blob_bytes(&plan);
+        assert!(
+            bytes.iter().all(|b| u32::from(*b) % 4 == i),
+            "shard {shard} planned blobs of other shards: {bytes:?}"
+        );
+    }
+    let single_summary = gc.json();
+    for (sum, field) in total.iter().zip(WORK) {
+        assert_eq!(
+            *sum,
+            field_u64(&single_summary, field, &gc),
+            "`{field}` summed over the shards differs from one gc"
+        );
+    }
+    assert_eq!(
+        total[0],
+        f.model.expected_garbage_blobs(true).len() as u64,
+        "blobs deleted"
+    );
+
+    // The same objects are left, the mark state aside.
+    assert_eq!(
+        snapshot_diff(&tree_snapshot(&single), &tree_snapshot(&root)),
+        Vec::<String>::new(),
+        "the shards left something else than one gc"
+    );
+    assert_exactly_the_live_set(&f.v2_root(), &f.model, true, &kept_uploads(&f.model));
+    f.registry.restart();
+    verify_pulls(&f.client, &f.model).assert_ok("pull every tag after the sharded sweep");
+    verify_gone(&f.client, &f.model, true).assert_ok("collected manifests are gone");
+}
+
+#[test]
+fn a_killed_sweep_started_again_from_the_same_state_finishes_and_loses_nothing() {
+    let mut f = Fixture::build();
+    f.registry.stop();
+    let config = config(&f);
+    let state = f.dir().join("mark.state");
+    let state = state.to_string_lossy().into_owned();
+    mark(&[&config], &state);
+
+    let mut args = vec!["sweep", config.as_str(), "--state", state.as_str(), "-m"];
+    args.extend_from_slice(&["--min-age", "0s", "--shard", "1/2"]);
+    let mut killed = Background::start(bin(), &args, &[(HANG_ENV, "3")]);
+    killed.wait_for(HANG_MARKER, Duration::from_secs(120));
+    let killed = killed.kill();
+    f.registry.restart();
+    verify_pulls(&f.client, &f.model).assert_ok(&format!(
+        "pull every tag after a SIGKILL\n{}",
+        killed.describe()
+    ));
+    f.registry.stop();
+
+    // Started again (taking the dead run's lock over), then the other shard.
+    let again = sweep(&[&config], &state, &["--shard", "1/2", "--force"]);
+    again.assert_success();
+    assert!(
+        field_u64(&again.json(), "blobs_deleted", &again) > 0
+            || field_u64(&again.json(), "links_deleted", &again) > 0,
+        "the second sweep found nothing left to do: the kill came too late\n{}",
+        again.describe()
+    );
+    sweep(&[&config], &state, &["--shard", "0/2"]).assert_success();
+    assert_exactly_the_live_set(&f.v2_root(), &f.model, true, &kept_uploads(&f.model));
+    f.registry.restart();
+    verify_pulls(&f.client, &f.model).assert_ok("pull every tag at the end");
+}
+
+#[test]
+fn what_is_pushed_between_the_mark_and_the_sweep_survives_the_sweep() {
+    let mut f = Fixture::build();
+    let v2 = f.v2_root();
+    // Two hours old: past the default one-hour grace period, the garbage is due.
+    backdate_tree(
+        &f.registry.storage_root(),
+        SystemTime::now() - Duration::from_secs(2 * 3600),
+    );
+    let config = config(&f);
+    let state = f.dir().join("mark.state");
+    let state = state.to_string_lossy().into_owned();
+    let marked = regsweep(&["mark", &config, "--state", &state, "-m"]);
+    marked.assert_success();
+
+    // Garbage layers at the mark, pushed again (the registry keeps their old files and only links
+    // them) in a repository the mark knew and in a new one.
+    let garbage: Vec<String> = f
+        .model
+        .expected_garbage_blobs(true)
+        .into_iter()
+        .filter(|d| f.model.blobs.contains_key(d))
+        .take(2)
+        .collect();
+    assert_eq!(garbage.len(), 2, "the workload has too little garbage");
+    let existing = f.model.repos.iter().next().unwrap().clone();
+    let client = f.registry.client();
+    let mut w = Workload::new(&client, None, "pushed between mark and sweep");
+    // A tagged image, and an untagged one (as a multi-arch push writes its children before the
+    // index): under -m only a repository written since the mark keeps the latter.
+    let mut pushed = Vec::new();
+    for (repo, digest, reference) in [
+        (existing.as_str(), &garbage[0], Ref::Tag("late")),
+        ("after/mark", &garbage[1], Ref::Digest),
+    ] {
+        let hex = digest.trim_start_matches("sha256:");
+        let bytes = fs::read(v2.join(format!("blobs/sha256/{}/{hex}/data", &hex[..2]))).unwrap();
+        assert_eq!(&w.upload(repo, bytes), digest);
+        let layers = vec![digest.clone(), w.layer(repo)];
+        let image = w.image(
+            repo,
+            Format::Oci,
+            &layers,
+            "amd64",
+            reference,
+            "after the mark",
+        );
+        pushed.push((repo.to_owned(), image.digest, layers));
+    }
+
+    let mut deleted = 0;
+    for i in 0..3 {
+        let shard = format!("{i}/3");
+        let run = regsweep(&[
+            "sweep", &config, "--state", &state, "-m", "--shard", &shard, "--format", "json",
+        ]);
+        run.assert_success();
+        deleted += field_u64(&run.json(), "blobs_deleted", &run);
+    }
+    assert!(deleted > 0, "the sweeps deleted nothing");
+    for digest in &garbage {
+        let hex = digest.trim_start_matches("sha256:");
+        assert!(
+            v2.join(format!("blobs/sha256/{}/{hex}/data", &hex[..2]))
+                .is_file(),
+            "{digest}, pushed again after the mark, was deleted"
+        );
+    }
+    f.registry.restart();
+    verify_pulls(&f.client, &f.model).assert_ok("pull every tag of the mark");
+    let client = f.registry.client();
+    verify_pulls(&client, &w.model).assert_ok("pull every tag pushed after the mark");
+    for (repo, manifest, layers) in &pushed {
+        let status = client.get_manifest(repo, manifest).status;
+        assert_eq!(status, 200, "{repo}@{manifest}");
+        for layer in layers {
+            client
+                .fetch_blob(repo, layer)
+                .unwrap_or_else(|e| panic!("{repo}@{manifest}: layer {layer}: {e}"));
+        }
+    }
+}
+
+#[test]
+fn a_stale_mismatched_foreign_or_corrupt_state_is_refused_and_nothing_is_deleted() {
+    let mut f = Fixture::build();
+    f.registry.stop();
+    let config = config(&f);
+    let root = f.registry.storage_root();
+    let state_path = f.dir().join("mark.state");
+    let state = state_path.to_string_lossy().into_owned();
+    mark(&[&config], &state);
+    let before = tree_snapshot(&root);
+
+    let refused = |extra: &[&str], state: &str, needle: &str, location: &[&str]| {
+        let mut args = vec!["sweep"];
+        args.extend_from_slice(location);
+        args.extend_from_slice(&["--state", state]);
+        args.extend_from_slice(extra);
+        let run = regsweep(&args);
+        assert_eq!(run.status.code(), Some(1), "{}", run.describe());
+        assert!(
+            run.stderr.contains(needle),
+            "expected {needle:?}:\n{}",
+            run.describe()
+        );
+        assert_eq!(
+            snapshot_diff(&before, &tree_snapshot(&root)),
+            Vec::<String>::new(),
+            "a refused sweep changed the storage"
+        );
+    };
+    let here: &[&str] = &[&config];
+    // Other options than the mark's.
+    refused(&["--min-age", "0s"], &state, "--delete-untagged", here);
+    refused(&["-m", "--min-age", "2h"], &state, "--min-age", here);
+    refused(
+        &["-m", "--min-age", "0s", "--upload-max-age", "1h"],
+        &state,
+        "--upload-max-age",
+        here,
+    );
+    // Too old.
+    std::thread::sleep(Duration::from_millis(1100));
+    refused(
+        &["-m", "--min-age", "0s", "--max-state-age", "1s"],
+        &state,
+        "is stale",
+        here,
+    );
+    // Another storage.
+    let other = f.dir().join("other");
+    copy_tree(&root, &other);
+    let other = other.to_string_lossy().into_owned();
+    refused(
+        &["-m", "--min-age", "0s"],
+        &state,
+        "was made from",
+        &["--storage", &other],
+    );
+    // Corrupt: one byte changed, or cut short.
+    let bytes = fs::read(&state_path).unwrap();
+    let mut flipped = bytes.clone();
+    let middle = flipped.len() / 2;
+    flipped[middle] ^= 0x40;
+    let corrupt = f.dir().join("corrupt.state");
+    fs::write(&corrupt, &flipped).unwrap();
+    let corrupt = corrupt.to_string_lossy().into_owned();
+    refused(
+        &["-m", "--min-age", "0s"],
+        &corrupt,
+        "checksum mismatch",
+        here,
+    );
+    let short = f.dir().join("short.state");
+    fs::write(&short, &bytes[..bytes.len() - 7]).unwrap();
+    let short = short.to_string_lossy().into_owned();
+    refused(
+        &["-m", "--min-age", "0s"],
+        &short,
+        "checksum mismatch",
+        here,
+    );
+    // No state at all.
+    refused(
+        &["-m", "--min-age", "0s"],
+        "registry:never-marked",
+        "run `regsweep mark` first",
+        here,
+    );
+
+    // The same state, with the mark's options, is taken.
+    sweep(&[&config], &state, &[]).assert_success();
+    assert_exactly_the_live_set(&f.v2_root(), &f.model, true, &kept_uploads(&f.model));
+    f.registry.restart();
+    verify_pulls(&f.client, &f.model).assert_ok("pull every tag after the sweep");
+}
+
+#[test]
+fn s3_four_shards_of_one_mark_in_the_bucket_leave_exactly_the_live_set() {
+    const BUCKET: &str = "registry";
+    let moto = MotoServer::start();
+    moto.create_bucket(BUCKET);
+    let mut f = Fixture::build_s3(&moto, BUCKET);
+    f.registry.stop();
+    let config = config(&f);
+
+    mark(&[&config], "registry:nightly");
+    let prefix = f.registry.s3_v2_prefix();
+    let root = prefix.trim_end_matches("docker/registry/v2/");
+    assert!(
+        moto.list_keys(BUCKET, &format!("{root}_regsweep/state/"))
+            .contains(&format!("{root}_regsweep/state/nightly")),
+        "the state is not in the bucket"
+    );
+    let mut blobs_deleted = 0;
+    for i in 0..4 {
+        let run = sweep(
+            &[&config],
+            "registry:nightly",
+            &["--shard", &format!("{i}/4")],
+        );
+        run.assert_success();
+        blobs_deleted += field_u64(&run.json(), "blobs_deleted", &run);
+    }
+    assert_eq!(
+        blobs_deleted,
+        f.model.expected_garbage_blobs(true).len() as u64
+    );
+    let copy = tempfile::tempdir().unwrap();
+    moto.download(BUCKET, root, copy.path());
+    // S3 objects cannot be backdated: every upload is young and stays.
+    let uploads = f
+        .model
+        .uploads
+        .iter()
+        .map(|u| (u.repo.clone(), u.uuid.clone()))
+        .collect();
+    assert_exactly_the_live_set(
+        &copy.path().join("docker/registry/v2"),
+        &f.model,
+        true,
+        &uploads,
+    );
+    f.registry.restart();
+    verify_pulls(&f.client, &f.model).assert_ok("pull every tag after the sharded sweep on S3");
+}
