@@ -28,6 +28,7 @@ use futures::stream::{self, BoxStream, StreamExt};
 use regsweep::digest::Digest;
 use regsweep::gc::{Collection, GcOptions};
 use regsweep::layout;
+use regsweep::progress::Progress;
 use regsweep::storage::{Listing, ObjectMeta, PutCondition, Storage, StorageError, Version};
 
 const IMAGE_BLOBS: u32 = 9;
@@ -384,7 +385,9 @@ fn measure(blobs: u32) {
         let collection = Collection::prepare(storage, options)
             .await
             .expect("the synthetic registry collects");
-        collection.run(Arc::new(AtomicBool::new(false))).await
+        collection
+            .run(Arc::new(AtomicBool::new(false)), &Progress::default())
+            .await
     });
     let seconds = started.elapsed().as_secs_f64();
     let peak = peak_rss();

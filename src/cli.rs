@@ -423,6 +423,11 @@ pub struct GcArgs {
     #[arg(long, value_name = "FILE")]
     pub metrics_file: Option<PathBuf>,
 
+    /// How often a long run reports its progress: a log line (on a terminal, a progress bar
+    /// instead) and, with --metrics-file, progress gauges until the summary replaces them.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    pub progress_interval: Duration,
+
     /// Run through `sh -c` before anything is read (not in dry runs): e.g. switch the registry to
     /// read-only, for a collection with no window at all. Its failure stops the run.
     #[arg(long, value_name = "CMD")]

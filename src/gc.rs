@@ -15,6 +15,7 @@ use tracing::info;
 use crate::absence::{self, AbsenceError};
 use crate::mark::{self, ManifestCatalog, MarkError, MarkOptions, MarkSet};
 use crate::plan::{self, Kind, Owner, Phase, PlanOptions, SweepPlan};
+use crate::progress::Progress;
 use crate::quarantine::Quarantine;
 use crate::remark;
 use crate::report::{Summary, error_chain};
@@ -372,7 +373,7 @@ impl Collection {
     /// Sweeps (unless this is a dry run) and sums up. Before the sweep, the re-mark spares what
     /// pushes made live since the scan; if it fails, nothing is deleted. Once `halt` is set (the run
     /// lock was lost), no further deletion starts.
-    pub async fn run(mut self, halt: Arc<AtomicBool>) -> Summary {
+    pub async fn run(mut self, halt: Arc<AtomicBool>, progress: &Progress) -> Summary {
         self.swap_scanned();
         let mut summary = Summary::of_inventory(
             &self.inventory,
@@ -417,6 +418,7 @@ impl Collection {
                 self.options.concurrency,
                 &halt,
                 quarantine.as_ref(),
+                progress,
             )
             .await;
             for (deletion, _) in self

@@ -13,11 +13,13 @@
 //! - [`remark`]: just before the sweep, what pushes made live since the scan is spared;
 //! - [`sweep`]: batched, concurrent deletion;
 //! - [`report`]: the summary for people and schedulers, and [`metrics`], as a Prometheus textfile;
+//!   [`progress`], how far a long run is, while it runs;
 //! - [`restart`]: make the registry forget deleted blobs;
 //! - [`quarantine`]: `--quarantine` moves instead of deleting; restore and purge;
 //! - [`cost`]: `regsweep report`, what the storage holds and costs, from one scan that deletes nothing.
 //!
-//! [`gc::Collection`] runs them in order. Around a run: [`lock`], the run lock in the storage that
+//! [`gc::Collection`] runs them in order; `regsweep mark` persists the mark as a [`state`], and
+//! `regsweep sweep` carries it out, whole or split into [`shard`]s on several machines. Around a run: [`lock`], the run lock in the storage that
 //! keeps two runs from sweeping at once, and [`run_id`], the ID that names a run.
 
 pub mod absence;
@@ -31,6 +33,7 @@ pub mod manifest;
 pub mod mark;
 pub mod metrics;
 pub mod plan;
+pub mod progress;
 pub mod quarantine;
 pub mod remark;
 pub mod report;

@@ -23,6 +23,7 @@ use regsweep::gc::{Collection, GcOptions};
 use regsweep::layout;
 use regsweep::lock::{LockOptions, RunLock};
 use regsweep::metrics::{self, Exported};
+use regsweep::progress::{Progress, Reporter, Reporting};
 use regsweep::quarantine::{self, PurgeOptions, PurgeSummary, RestoreOptions, RestoreSummary};
 use regsweep::report::{MarkSummary, Summary, error_chain};
 use regsweep::restart::{CommandOutcome, Forget, run_command};
@@ -68,7 +69,11 @@ fn main() -> ExitCode {
     }
 }
 
+/// Set when logs are JSON: then no progress bar is drawn, whatever stderr is.
+static JSON_LOGS: AtomicBool = AtomicBool::new(false);
+
 fn init_logging(format: LogFormat, quiet: bool) {
+    JSON_LOGS.store(format == LogFormat::Json, Ordering::Relaxed);
     let default = if quiet { "warn" } else { "info" };
     let filter =
         EnvFilter::try_from_env("REGSWEEP_LOG").unwrap_or_else(|_| EnvFilter::new(default));
@@ -272,7 +277,23 @@ async fn collect_and_forget(
             outcome.command,
             outcome.status
         )),
-        _ => collect(args, &work, &run, storage, Arc::clone(&halt), quiet).await,
+        _ => {
+            let progress = Arc::new(Progress::default());
+            let reporting = Reporting {
+                interval: args.progress_interval,
+                bar: !quiet
+                    && !JSON_LOGS.load(Ordering::Relaxed)
+                    && std::io::stderr().is_terminal(),
+                metrics_file: args.metrics_file.clone(),
+                command: command.to_owned(),
+                dry_run: args.dry_run,
+            };
+            let reporter = Reporter::start(Arc::clone(&progress), counter.clone(), reporting);
+            let halt = Arc::clone(&halt);
+            let collected = collect(args, &work, &run, storage, halt, &progress, quiet).await;
+            reporter.stop().await;
+            collected
+        }
     };
     // Whatever happened once the pre-command started, the post-command undoes it.
     let post = match &args.post_command {
@@ -320,6 +341,7 @@ async fn collect(
     run: &RunId,
     storage: Arc<dyn Storage>,
     halt: Arc<AtomicBool>,
+    progress: &Progress,
     quiet: bool,
 ) -> Result<Summary> {
     let options = GcOptions {
@@ -384,7 +406,7 @@ async fn collect(
             )?;
         }
     }
-    let mut summary = collection.run(halt).await;
+    let mut summary = collection.run(halt, progress).await;
     if let Some((mark, shard)) = swept {
         summary.mark = Some(mark);
         summary.shard = Some(shard);

@@ -21,6 +21,8 @@ use std::time::SystemTime;
 
 use serde::Serialize;
 
+use crate::plan::Phase;
+use crate::progress::Snapshot;
 use crate::quarantine::{PurgeSummary, RestoreSummary};
 use crate::report::Summary;
 use crate::storage::requests::Requests;
@@ -233,6 +235,69 @@ pub fn render_refused(command: &str, dry_run: bool, now: SystemTime) -> String {
     out.finish(1, now)
 }
 
+/// The exposition of a run still in progress (`--metrics-file` during the run): how far it is.
+/// The summary's exposition replaces it when the run ends.
+pub fn render_progress(
+    progress: &Snapshot,
+    command: &str,
+    dry_run: bool,
+    now: SystemTime,
+) -> String {
+    let mut out = Exposition::new(command, dry_run);
+    let phase = progress.phase.map_or("read", Phase::as_str);
+    out.gauge(
+        "progress_phase",
+        "1 for what the run in progress does now: read (scan, mark, plan), or a sweep phase.",
+        &[(format!(",phase=\"{phase}\""), "1".to_owned())],
+    );
+    for (name, help, value) in [
+        (
+            "progress_deletions_planned",
+            "Deletions the sweep in progress plans.",
+            progress.planned,
+        ),
+        (
+            "progress_deletions_settled",
+            "Deletions of the sweep in progress that ended, done or failed.",
+            progress.settled,
+        ),
+        (
+            "progress_deletions_failed",
+            "Deletions of the sweep in progress that failed.",
+            progress.failed,
+        ),
+        (
+            "progress_bytes_freed",
+            "Content bytes the sweep in progress freed so far.",
+            progress.bytes_freed,
+        ),
+    ] {
+        out.single(name, help, value.to_string());
+    }
+    let r = &progress.requests;
+    out.gauge(
+        "progress_requests",
+        "Storage requests the run in progress sent so far, by kind.",
+        &[
+            ("list", r.list),
+            ("get", r.get),
+            ("head", r.head),
+            ("delete", r.delete),
+        ]
+        .map(|(kind, n)| (format!(",kind=\"{kind}\""), n.to_string())),
+    );
+    let at = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64();
+    out.single(
+        "progress_timestamp_seconds",
+        "When this progress was written, in seconds since the epoch.",
+        format!("{at:.3}"),
+    );
+    out.text
+}
+
 /// A label value as the exposition format quotes it.
 fn escape(value: &str) -> String {
     value
@@ -396,6 +461,54 @@ mod tests {
             7.0
         );
         assert_eq!(samples.len(), SUMMARY_FIELDS.len() + 3 + 5);
+    }
+
+    #[test]
+    fn progress_is_in_the_exposition_format() {
+        let progress = crate::progress::Progress::default();
+        let requests = Requests {
+            list: 7,
+            ..Requests::default()
+        };
+        let reading = parse(&render_progress(
+            &progress.snapshot(requests),
+            "sweep",
+            false,
+            SystemTime::UNIX_EPOCH,
+        ));
+        let labels = r#"command="sweep",dry_run="false""#;
+        assert_eq!(
+            reading[&format!("regsweep_progress_phase{{{labels},phase=\"read\"}}")],
+            1.0
+        );
+        assert_eq!(
+            reading[&format!("regsweep_progress_requests{{{labels},kind=\"list\"}}")],
+            7.0
+        );
+        progress.begin(10);
+        progress.enter(Phase::Blobs);
+        progress.advance(4, 1, 4096);
+        let sweeping = parse(&render_progress(
+            &progress.snapshot(requests),
+            "sweep",
+            false,
+            SystemTime::UNIX_EPOCH,
+        ));
+        assert_eq!(
+            sweeping[&format!("regsweep_progress_phase{{{labels},phase=\"blobs\"}}")],
+            1.0
+        );
+        for (name, value) in [
+            ("deletions_planned", 10.0),
+            ("deletions_settled", 4.0),
+            ("deletions_failed", 1.0),
+            ("bytes_freed", 4096.0),
+        ] {
+            assert_eq!(
+                sweeping[&format!("regsweep_progress_{name}{{{labels}}}")],
+                value
+            );
+        }
     }
 
     #[test]

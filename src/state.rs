@@ -574,3 +574,214 @@ impl<'a> Reader<'a> {
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scan::Repository;
+
+    fn d(n: u8) -> Digest {
+        Digest::from_bytes([n; 32])
+    }
+
+    const HOUR: Duration = Duration::from_secs(3600);
+
+    /// Blobs 1..=6; repository `a` keeps manifest 2 and layers 3, 4; `b` keeps manifest 5 and
+    /// layer 3; blobs 1 and 6 are garbage.
+    fn state() -> (MarkState, Inventory) {
+        let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let inventory = Inventory {
+            blobs: BlobUniverse::new((1..=6).map(|n| (d(n), u64::from(n), t)).collect()),
+            repositories: ["a", "b"]
+                .map(|name| Repository {
+                    name: name.to_owned(),
+                    ..Repository::default()
+                })
+                .to_vec(),
+            ..Inventory::default()
+        };
+        let index = |n: u8| inventory.blobs.index(&d(n)).unwrap();
+        let marks_of = |manifests: &[u8], layers: &[u8]| RepositoryMarks {
+            manifests: manifests
+                .iter()
+                .map(|&n| index(n))
+                .collect::<RoaringBitmap>()
+                .into(),
+            layers: layers
+                .iter()
+                .map(|&n| index(n))
+                .collect::<RoaringBitmap>()
+                .into(),
+        };
+        let marks = MarkSet {
+            blobs: [2, 3, 4, 5].map(index).into_iter().collect(),
+            repositories: vec![marks_of(&[2], &[3, 4]), marks_of(&[5], &[3])],
+            warnings: Vec::new(),
+        };
+        let header = StateHeader {
+            run: "20261129T120000Z-abcdef".to_owned(),
+            regsweep: "test".to_owned(),
+            storage: "file:///registry".to_owned(),
+            started: "2026-11-29T12:00:00.000Z".to_owned(),
+            started_ms: millis(t + 2 * HOUR),
+            cutoff_ms: millis(t + HOUR),
+            upload_cutoff_ms: millis(t),
+            delete_untagged: true,
+            min_age_seconds: 3600,
+            upload_max_age_seconds: 7200,
+            blobs: 6,
+            bytes: 21,
+            live_blobs: 0,
+            repositories: 0,
+        };
+        (MarkState::new(header, &inventory, &marks), inventory)
+    }
+
+    fn location() -> StateLocation {
+        StateLocation::parse("registry:nightly").unwrap()
+    }
+
+    #[test]
+    fn a_state_survives_its_encoding_and_gives_back_the_marks_over_any_listing() {
+        let (state, _) = state();
+        assert_eq!(state.live(), [d(2), d(3), d(4), d(5)]);
+        assert_eq!((state.header.live_blobs, state.header.repositories), (4, 2));
+        let decoded = MarkState::decode(&state.encode(), &location()).unwrap();
+        assert_eq!(decoded, state);
+
+        // A shard that listed blobs 1, 3 and 6, and repositories b and c (new since the mark).
+        let t = SystemTime::UNIX_EPOCH;
+        let mut shard = Inventory {
+            blobs: BlobUniverse::new([1, 3, 6].map(|n| (d(n), 10, t)).to_vec()),
+            repositories: ["b", "c"]
+                .map(|name| Repository {
+                    name: name.to_owned(),
+                    ..Repository::default()
+                })
+                .to_vec(),
+            ..Inventory::default()
+        };
+        let (marks, added) = decoded.apply(&mut shard);
+        assert_eq!(added, 3, "2, 4 and 5 were not listed");
+        let universe = &shard.blobs;
+        let digests = |set: &mut dyn Iterator<Item = u32>| -> Vec<Digest> {
+            set.map(|i| *universe.digest(i)).collect()
+        };
+        assert_eq!(universe.len(), 6);
+        assert_eq!(digests(&mut marks.blobs.iter()), [d(2), d(3), d(4), d(5)]);
+        assert_eq!(digests(&mut marks.repositories[0].manifests.iter()), [d(5)]);
+        assert_eq!(digests(&mut marks.repositories[0].layers.iter()), [d(3)]);
+        assert_eq!(marks.repositories[1], RepositoryMarks::default());
+        assert_eq!(
+            universe.size(universe.index(&d(3)).unwrap()),
+            10,
+            "as listed"
+        );
+        assert!(decoded.has_repository("a") && !decoded.has_repository("c"));
+    }
+
+    #[test]
+    fn every_corruption_is_detected_before_anything_is_believed() {
+        let (state, _) = state();
+        let bytes = state.encode();
+        for at in [
+            0,
+            9,
+            13,
+            40,
+            bytes.len() / 2,
+            bytes.len() - 40,
+            bytes.len() - 1,
+        ] {
+            let mut corrupt = bytes.clone();
+            corrupt[at] ^= 0x01;
+            let error = MarkState::decode(&corrupt, &location()).unwrap_err();
+            assert!(
+                matches!(
+                    error,
+                    StateError::Checksum { .. }
+                        | StateError::NotAState { .. }
+                        | StateError::Format { .. }
+                ),
+                "byte {at}: {error}"
+            );
+            assert!(error.to_string().contains("registry:nightly"), "{error}");
+        }
+        for len in [0, 5, 12, 40, bytes.len() - 1] {
+            assert!(
+                MarkState::decode(&bytes[..len], &location()).is_err(),
+                "cut at {len}"
+            );
+        }
+        let mut future = bytes.clone();
+        future[8] = 2;
+        assert!(matches!(
+            MarkState::decode(&future, &location()),
+            Err(StateError::Format { found: 2, .. })
+        ));
+        // A well-sealed body that lies about its counts is malformed, not trusted.
+        let mut lying = state.clone();
+        lying.header.live_blobs = 3;
+        let error = MarkState::decode(&lying.encode(), &location()).unwrap_err();
+        assert!(matches!(error, StateError::Malformed { .. }), "{error}");
+    }
+
+    #[test]
+    fn a_sweep_with_other_options_another_storage_or_too_late_is_refused() {
+        let (state, _) = state();
+        let expect = Expectations {
+            storage: "file:///registry".to_owned(),
+            delete_untagged: true,
+            min_age: HOUR,
+            upload_max_age: 2 * HOUR,
+            max_age: 24 * HOUR,
+            now: state.header.started() + HOUR,
+        };
+        state.check(&location(), &expect).unwrap();
+        let refused = |change: &dyn Fn(&mut Expectations), needle: &str| {
+            let mut other = expect.clone();
+            change(&mut other);
+            let error = state.check(&location(), &other).unwrap_err().to_string();
+            assert!(error.contains(needle), "{error}");
+        };
+        refused(&|e| e.delete_untagged = false, "--delete-untagged true");
+        refused(&|e| e.min_age = 2 * HOUR, "--min-age 1h");
+        refused(&|e| e.upload_max_age = HOUR, "--upload-max-age 2h");
+        refused(
+            &|e| e.storage = "s3://elsewhere".to_owned(),
+            "file:///registry",
+        );
+        refused(&|e| e.now = state.header.started() + 25 * HOUR, "stale");
+        refused(&|e| e.now = state.header.started() - HOUR, "in the future");
+        // A little clock skew is no future.
+        let mut skewed = expect.clone();
+        skewed.now = state.header.started() - Duration::from_secs(60);
+        state.check(&location(), &skewed).unwrap();
+    }
+
+    #[test]
+    fn locations_are_files_or_names_in_the_registry() {
+        assert_eq!(
+            StateLocation::parse("registry:nightly-01.v1").unwrap(),
+            StateLocation::Registry("nightly-01.v1".to_owned())
+        );
+        assert_eq!(
+            StateLocation::parse("/var/lib/regsweep/mark").unwrap(),
+            StateLocation::File(PathBuf::from("/var/lib/regsweep/mark"))
+        );
+        for bad in [
+            "registry:",
+            "registry:../x",
+            "registry:a/b",
+            "registry:.hidden",
+            "",
+        ] {
+            assert!(StateLocation::parse(bad).is_err(), "{bad}");
+        }
+        assert_eq!(
+            layout::mark_state("nightly"),
+            "_regsweep/state/nightly",
+            "outside docker/"
+        );
+    }
+}

@@ -18,6 +18,7 @@ use futures::{StreamExt, stream};
 use crate::digest::Digest;
 use crate::layout;
 use crate::plan::{Deletion, Phase, SweepPlan, Target};
+use crate::progress::Progress;
 use crate::quarantine::Quarantine;
 use crate::scan::Inventory;
 use crate::storage::Storage;
@@ -40,7 +41,9 @@ pub async fn sweep(
     concurrency: usize,
     halt: &AtomicBool,
     quarantine: Option<&Quarantine>,
+    progress: &Progress,
 ) -> SweepOutcome {
+    progress.begin(plan.deletions.len());
     let mut outcome = SweepOutcome {
         done: vec![false; plan.deletions.len()],
         ..SweepOutcome::default()
@@ -56,6 +59,7 @@ pub async fn sweep(
                 .iter()
                 .take_while(|d| d.phase == phase)
                 .count();
+        progress.enter(phase);
         let runnable: Vec<usize> = (start..end)
             .filter(|&i| match plan.deletions[i].target {
                 Target::Blob(index) => !still_linked.contains(inventory.blobs.digest(index)),
@@ -76,11 +80,17 @@ pub async fn sweep(
         }))
         .buffer_unordered(concurrency.max(1));
         while let Some(result) = batches.next().await {
+            let before = failed;
+            let mut freed = 0;
+            let settled = (result.deletions.len() + result.halted) as u64;
             halted += result.halted;
             outcome.directories_removed += result.directories_removed;
             for (i, failure) in result.deletions {
                 match failure {
-                    None => outcome.done[i] = true,
+                    None => {
+                        outcome.done[i] = true;
+                        freed += plan.deletions[i].bytes;
+                    }
                     Some(message) => {
                         failed += 1;
                         outcome.errors.push(message);
@@ -91,6 +101,7 @@ pub async fn sweep(
                 }
             }
             outcome.errors.extend(result.errors);
+            progress.advance(settled, failed - before, freed);
         }
         start = end;
         // A tag `delete` or `prune` could not remove still names its manifest: what the later

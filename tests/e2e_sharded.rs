@@ -192,10 +192,43 @@ fn a_killed_sweep_started_again_from_the_same_state_finishes_and_loses_nothing()
     let state = state.to_string_lossy().into_owned();
     mark(&[&config], &state);
 
-    let mut args = vec!["sweep", config.as_str(), "--state", state.as_str(), "-m"];
-    args.extend_from_slice(&["--min-age", "0s", "--shard", "1/2"]);
+    let metrics = f.dir().join("sweep.prom");
+    let metrics_arg = metrics.to_string_lossy().into_owned();
+    let mut args = vec![
+        "--log-format",
+        "json",
+        "sweep",
+        config.as_str(),
+        "--state",
+        state.as_str(),
+    ];
+    args.extend_from_slice(&["-m", "--min-age", "0s", "--shard", "1/2"]);
+    args.extend_from_slice(&[
+        "--progress-interval",
+        "100ms",
+        "--metrics-file",
+        &metrics_arg,
+    ]);
     let mut killed = Background::start(bin(), &args, &[(HANG_ENV, "3")]);
     killed.wait_for(HANG_MARKER, Duration::from_secs(120));
+    // A sweep that hangs still says how far it is: log lines, and the metrics file.
+    killed.wait_for("progress: sweeping", Duration::from_secs(30));
+    let waited = std::time::Instant::now();
+    while !metrics.exists() && waited.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let exposition = fs::read_to_string(&metrics).unwrap();
+    let planned: u64 = exposition
+        .lines()
+        .find_map(|l| l.strip_prefix("regsweep_progress_deletions_planned{"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no planned deletions in the progress:\n{exposition}"));
+    assert!(planned > 0, "{exposition}");
+    assert!(
+        !exposition.contains("phase=\"read\""),
+        "the progress does not show the sweep:\n{exposition}"
+    );
     let killed = killed.kill();
     f.registry.restart();
     verify_pulls(&f.client, &f.model).assert_ok(&format!(
