@@ -163,7 +163,9 @@ pub struct SweepArgs {
     #[arg(long, value_name = "PATH|registry:NAME", value_parser = parse_state)]
     pub state: StateLocation,
 
-    /// Sweep only shard I of N (0 <= I < N <= 256); e.g. --shard "$JOB_COMPLETION_INDEX/16".
+    /// Sweep only shard I of N (0 <= I < N <= 256). env:VARIABLE/N reads I from the environment:
+    /// env:JOB_COMPLETION_INDEX/16 in a Kubernetes Indexed Job, env:AWS_BATCH_JOB_ARRAY_INDEX/16
+    /// in an AWS Batch array job.
     #[arg(long, value_name = "I/N", default_value = "0/1", value_parser = parse_shard)]
     pub shard: Shard,
 
@@ -485,8 +487,7 @@ fn parse_state(text: &str) -> Result<StateLocation, String> {
 }
 
 fn parse_shard(text: &str) -> Result<Shard, String> {
-    text.parse()
-        .map_err(|e: regsweep::shard::ShardError| e.to_string())
+    Shard::parse_with(text, |name| std::env::var(name).ok()).map_err(|e| e.to_string())
 }
 
 /// A run ID as `gc --quarantine` printed it.

@@ -24,8 +24,13 @@ pub struct Shard {
 
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum ShardError {
-    #[error("{0:?} is not a shard: expected I/N, as 3/16")]
+    #[error("{0:?} is not a shard: expected I/N (as 3/16) or env:VARIABLE/N")]
     Malformed(String),
+    #[error(
+        "{0} is not set: --shard env:{0}/N reads the shard's index from it (a Kubernetes Indexed \
+         Job sets JOB_COMPLETION_INDEX, an AWS Batch array job AWS_BATCH_JOB_ARRAY_INDEX)"
+    )]
+    Unset(String),
     #[error("{count} shards: between 1 and 256 (one per first byte of a digest at most)")]
     Count { count: u64 },
     #[error("shard {index} of {count}: shards are numbered from 0 to {}", count - 1)]
@@ -104,10 +109,33 @@ impl FromStr for Shard {
     type Err = ShardError;
 
     fn from_str(text: &str) -> Result<Shard, ShardError> {
+        Shard::parse_with(text, |_| None)
+    }
+}
+
+impl Shard {
+    /// `I/N`, or `env:VARIABLE/N` with the index read through `lookup` (the environment): batch
+    /// engines hand each worker its index in a variable (`JOB_COMPLETION_INDEX`,
+    /// `AWS_BATCH_JOB_ARRAY_INDEX`), and a container image without a shell cannot expand it.
+    pub fn parse_with(
+        text: &str,
+        lookup: impl Fn(&str) -> Option<String>,
+    ) -> Result<Shard, ShardError> {
         let malformed = || ShardError::Malformed(text.to_owned());
-        let (index, count) = text.split_once('/').ok_or_else(malformed)?;
+        let (index, count) = text.rsplit_once('/').ok_or_else(malformed)?;
         let number = |s: &str| s.parse::<u64>().map_err(|_| malformed());
-        Shard::new(number(index)?, number(count)?)
+        let index = match index.strip_prefix("env:") {
+            Some(name) if !name.is_empty() => {
+                let value = lookup(name).ok_or_else(|| ShardError::Unset(name.to_owned()))?;
+                value
+                    .trim()
+                    .parse::<u64>()
+                    .map_err(|_| ShardError::Malformed(format!("{text} ({name}={value})")))?
+            }
+            Some(_) => return Err(malformed()),
+            None => number(index)?,
+        };
+        Shard::new(index, number(count)?)
     }
 }
 
@@ -135,6 +163,32 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn the_index_may_come_from_the_environment() {
+        let env = |name: &str| (name == "JOB_COMPLETION_INDEX").then(|| "5".to_owned());
+        assert_eq!(
+            Shard::parse_with("env:JOB_COMPLETION_INDEX/16", env),
+            Shard::new(5, 16)
+        );
+        assert_eq!(
+            Shard::parse_with("env:AWS_BATCH_JOB_ARRAY_INDEX/16", env),
+            Err(ShardError::Unset("AWS_BATCH_JOB_ARRAY_INDEX".to_owned()))
+        );
+        assert_eq!(
+            Shard::parse_with("env:JOB_COMPLETION_INDEX/4", env),
+            Err(ShardError::Index { index: 5, count: 4 })
+        );
+        let junk = |_: &str| Some("five".to_owned());
+        assert!(matches!(
+            Shard::parse_with("env:X/4", junk),
+            Err(ShardError::Malformed(m)) if m.contains("X=five")
+        ));
+        assert!(matches!(
+            Shard::parse_with("env:/4", env),
+            Err(ShardError::Malformed(_))
+        ));
     }
 
     #[test]

@@ -453,3 +453,79 @@ fn prune_rules_that_do_not_parse_are_usage_errors() {
         "a refused prune changed the storage"
     );
 }
+
+#[test]
+fn mark_and_sweep_refuse_bad_states_and_shards_as_usage_errors() {
+    let storage = Storage::new();
+    let url = storage.url();
+    for (args, needle) in [
+        (vec!["mark", "--storage", &url], "--state"),
+        (
+            vec!["mark", "--storage", &url, "--state", "registry:../up"],
+            "registry:NAME",
+        ),
+        (
+            vec!["sweep", "--storage", &url, "--state", "s", "--shard", "4/4"],
+            "numbered from 0 to 3",
+        ),
+        (
+            vec![
+                "sweep",
+                "--storage",
+                &url,
+                "--state",
+                "s",
+                "--shard",
+                "0/300",
+            ],
+            "between 1 and 256",
+        ),
+        (
+            vec![
+                "sweep",
+                "--storage",
+                &url,
+                "--state",
+                "s",
+                "--shard",
+                "env:REGSWEEP_UNSET_INDEX/4",
+            ],
+            "REGSWEEP_UNSET_INDEX is not set",
+        ),
+    ] {
+        let out = regsweep(&args);
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+        assert!(
+            text(&out.stderr).contains(needle),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+    }
+    // A missing state file is a refusal naming it (exit 1), and nothing is written.
+    let missing = storage.root.join("no-such.state");
+    let missing = missing.to_string_lossy().into_owned();
+    let out = regsweep(&["sweep", "--storage", &url, "--state", &missing]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains(&format!("mark state {missing}")),
+        "{}",
+        text(&out.stderr)
+    );
+    for option in [
+        "--state",
+        "--shard",
+        "--max-state-age",
+        "--progress-interval",
+        "-m",
+    ] {
+        assert!(
+            text(&regsweep(&["sweep", "--help"]).stdout).contains(option),
+            "sweep --help lacks {option}"
+        );
+    }
+}

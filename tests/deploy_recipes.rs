@@ -32,27 +32,34 @@ fn registry(dir: &Path) -> PathBuf {
     config
 }
 
-/// Runs a recipe's regsweep arguments, with `--dry-run` and the test registry's config.
-fn dry_run(args: &[String]) {
-    let dir = tempfile::tempdir().unwrap();
-    let config = registry(dir.path());
+/// The storage the AWS Batch recipes name (they run without a config file).
+const S3_URL: &str = "s3://example-registry/registry?region=us-east-1";
+
+/// Runs a recipe's regsweep arguments against the test registry in `dir` (its config for
+/// [`CONFIG`], its root for [`S3_URL`]), with `env` set and `--dry-run` when asked; returns the
+/// JSON summary the recipe asks for.
+fn run(dir: &Path, args: &[String], env: &[(&str, String)], dry_run: bool) -> serde_json::Value {
+    let config = dir.join("config.yml");
+    if !config.exists() {
+        registry(dir);
+    }
     assert!(
-        args.iter().any(|a| a == CONFIG),
-        "the recipe names no {CONFIG}: {args:?}"
+        args.iter().any(|a| a == CONFIG || a == S3_URL),
+        "the recipe names neither {CONFIG} nor {S3_URL}: {args:?}"
     );
+    let root = dir.join("storage");
     let args: Vec<String> = args
         .iter()
-        .map(|a| {
-            if a == CONFIG {
-                config.to_string_lossy().into_owned()
-            } else {
-                a.clone()
-            }
+        .map(|a| match a.as_str() {
+            CONFIG => config.to_string_lossy().into_owned(),
+            S3_URL => root.to_string_lossy().into_owned(),
+            _ => a.clone(),
         })
-        .chain(["--dry-run".to_owned()])
+        .chain(dry_run.then(|| "--dry-run".to_owned()))
         .collect();
     let out = Command::new(env!("CARGO_BIN_EXE_regsweep"))
         .args(&args)
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .output()
         .unwrap();
     let (stdout, stderr) = (
@@ -63,7 +70,147 @@ fn dry_run(args: &[String]) {
     let summary: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
         panic!("the recipe asks for a JSON summary: {e}\n{stdout}");
     });
-    assert_eq!(summary["dry_run"], true, "{stdout}");
+    if dry_run {
+        assert_eq!(summary["dry_run"], true, "{stdout}");
+    }
+    summary
+}
+
+/// Runs a recipe's regsweep arguments, with `--dry-run`, against a test registry.
+fn dry_run(args: &[String]) {
+    let dir = tempfile::tempdir().unwrap();
+    run(dir.path(), args, &[], true);
+}
+
+fn strings(value: &serde_yaml_ng::Value) -> Vec<String> {
+    value
+        .as_sequence()
+        .expect("a list")
+        .iter()
+        .map(|v| v.as_str().expect("a string").to_owned())
+        .collect()
+}
+
+/// The value after `flag` in `args`.
+fn after<'a>(args: &'a [String], flag: &str) -> &'a str {
+    let at = args
+        .iter()
+        .position(|a| a == flag)
+        .unwrap_or_else(|| panic!("no {flag}: {args:?}"));
+    &args[at + 1]
+}
+
+/// Runs the mark of a sharded recipe for real (it deletes nothing), then every shard's sweep in
+/// `--dry-run`, each with the index its batch engine gives it in `variable`.
+fn mark_then_every_shard(mark: &[String], sweep: &[String], variable: &str, shards: u64) {
+    let dir = tempfile::tempdir().unwrap();
+    assert_eq!(
+        mark[mark.iter().position(|a| a == "--log-format").unwrap() + 2],
+        "mark"
+    );
+    let state = after(mark, "--state");
+    assert_eq!(
+        after(sweep, "--state"),
+        state,
+        "the sweep reads another state"
+    );
+    for flag in ["--delete-untagged", "--min-age", "--upload-max-age"] {
+        let value = |args: &[String]| {
+            args.iter()
+                .position(|a| a == flag)
+                .map(|at| args.get(at + 1).cloned())
+        };
+        assert_eq!(
+            value(mark),
+            value(sweep),
+            "{flag} differs between mark and sweep"
+        );
+    }
+    let summary = run(dir.path(), mark, &[], false);
+    assert_eq!(summary["state"], state, "{summary}");
+    assert_eq!(
+        after(sweep, "--shard"),
+        format!("env:{variable}/{shards}"),
+        "the shard count is not the number of workers"
+    );
+    for index in 0..shards {
+        let summary = run(dir.path(), sweep, &[(variable, index.to_string())], true);
+        assert_eq!(summary["shard"], format!("{index}/{shards}"), "{summary}");
+    }
+}
+
+#[test]
+fn the_kubernetes_indexed_job_sweeps_every_shard_of_the_mark() {
+    let text = recipe("kubernetes/sharded.yaml");
+    let jobs: Vec<serde_yaml_ng::Value> = serde_yaml_ng::Deserializer::from_str(&text)
+        .map(|doc| serde::Deserialize::deserialize(doc).unwrap())
+        .collect();
+    let [mark, sweep] = jobs.as_slice() else {
+        panic!(
+            "a mark CronJob and a sweep CronJob, got {} documents",
+            jobs.len()
+        );
+    };
+    let container = |job: &serde_yaml_ng::Value| {
+        assert_eq!(job["kind"], "CronJob");
+        assert_eq!(job["spec"]["concurrencyPolicy"], "Forbid");
+        let container =
+            job["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0].clone();
+        assert_eq!(strings(&container["command"]), [INSTALLED]);
+        container
+    };
+    let spec = &sweep["spec"]["jobTemplate"]["spec"];
+    assert_eq!(spec["completionMode"], "Indexed");
+    let shards = spec["completions"].as_u64().expect("completions");
+    assert_eq!(spec["parallelism"].as_u64(), Some(shards));
+    mark_then_every_shard(
+        &strings(&container(mark)["args"]),
+        &strings(&container(sweep)["args"]),
+        "JOB_COMPLETION_INDEX",
+        shards,
+    );
+}
+
+#[test]
+fn the_aws_batch_array_job_sweeps_every_shard_of_the_mark() {
+    let definition = |name: &str| -> serde_json::Value {
+        let definition: serde_json::Value =
+            serde_json::from_str(&recipe(&format!("aws-batch/{name}.json"))).unwrap();
+        assert_eq!(definition["jobDefinitionName"], format!("regsweep-{name}"));
+        assert_eq!(definition["type"], "container");
+        definition
+    };
+    let command = |definition: &serde_json::Value| -> Vec<String> {
+        serde_json::from_value(definition["containerProperties"]["command"].clone()).unwrap()
+    };
+    let (mark, sweep) = (definition("mark"), definition("sweep"));
+    // The submit script runs the sweep as an array of as many jobs as shards, after the mark.
+    let submit = recipe("aws-batch/submit");
+    let shards: u64 = submit
+        .lines()
+        .find_map(|l| l.strip_prefix("shards="))
+        .and_then(|n| n.parse().ok())
+        .expect("shards=N in the submit script");
+    for needle in [
+        "--job-definition regsweep-mark",
+        "--job-definition regsweep-sweep",
+        "--array-properties \"size=$shards\"",
+        "--depends-on \"jobId=$mark\"",
+    ] {
+        assert!(submit.contains(needle), "the submit script lacks {needle}");
+    }
+    let syntax = Command::new("bash")
+        .arg("-n")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/aws-batch/submit"))
+        .status()
+        .unwrap();
+    assert!(syntax.success(), "bash -n deploy/aws-batch/submit");
+    mark_then_every_shard(
+        &command(&mark),
+        &command(&sweep),
+        "AWS_BATCH_JOB_ARRAY_INDEX",
+        shards,
+    );
 }
 
 #[test]
@@ -86,14 +233,6 @@ fn the_kubernetes_cronjob_runs_a_collection_that_exists() {
     assert_eq!(job["kind"], "CronJob");
     assert_eq!(job["spec"]["concurrencyPolicy"], "Forbid");
     let container = &job["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0];
-    let strings = |value: &serde_yaml_ng::Value| -> Vec<String> {
-        value
-            .as_sequence()
-            .expect("a list")
-            .iter()
-            .map(|v| v.as_str().expect("a string").to_owned())
-            .collect()
-    };
     assert_eq!(strings(&container["command"]), [INSTALLED]);
     dry_run(&strings(&container["args"]));
 }
