@@ -33,7 +33,7 @@ use crate::digest::Digest;
 use crate::layout;
 use crate::mark::{MarkSet, RepositoryMarks};
 use crate::metrics;
-use crate::scan::{BlobUniverse, Inventory};
+use crate::scan::{BlobUniverseBuilder, Inventory};
 use crate::storage::{PutCondition, Storage, StorageError};
 
 /// The format this build writes and reads.
@@ -386,19 +386,17 @@ impl MarkState {
     /// many blobs were added.
     pub fn apply(&self, inventory: &mut Inventory) -> (MarkSet, usize) {
         let listed = std::mem::take(&mut inventory.blobs);
-        let mut entries: Vec<(Digest, u64, SystemTime)> = (0..listed.len() as u32)
-            .map(|i| (*listed.digest(i), listed.size(i), listed.modified(i)))
-            .collect();
-        let added_from = entries.len();
-        entries.extend(
-            self.live
-                .iter()
-                .filter(|d| listed.index(d).is_none())
-                .map(|d| (*d, 0, SystemTime::UNIX_EPOCH)),
-        );
-        let added = entries.len() - added_from;
+        let mut universe = BlobUniverseBuilder::default();
+        for i in 0..listed.len() as u32 {
+            universe.push(*listed.digest(i), listed.size(i), listed.modified(i));
+        }
+        let mut added = 0;
+        for digest in self.live.iter().filter(|d| listed.index(d).is_none()) {
+            universe.push(*digest, 0, SystemTime::UNIX_EPOCH);
+            added += 1;
+        }
         drop(listed);
-        inventory.blobs = BlobUniverse::new(entries);
+        inventory.blobs = universe.finish();
         let universe = &inventory.blobs;
         let index = |k: u32| {
             universe
@@ -578,7 +576,7 @@ fn hex(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::scan::Repository;
+    use crate::scan::{BlobUniverse, Repository};
 
     fn d(n: u8) -> Digest {
         Digest::from_bytes([n; 32])

@@ -438,16 +438,45 @@ fn s3_four_shards_of_one_mark_in_the_bucket_leave_exactly_the_live_set() {
     let mut f = Fixture::build_s3(&moto, BUCKET);
     f.registry.stop();
     let config = config(&f);
-
-    mark(&[&config], "registry:nightly");
     let prefix = f.registry.s3_v2_prefix();
     let root = prefix.trim_end_matches("docker/registry/v2/");
+
+    // The same registry in a second bucket, collected by one gc.
+    const SINGLE: &str = "single";
+    moto.create_bucket(SINGLE);
+    let copy = tempfile::tempdir().unwrap();
+    moto.download(BUCKET, root, copy.path());
+    moto.upload_tree(SINGLE, root, copy.path());
+    let text = fs::read_to_string(&config).unwrap();
+    let single_text: String = text
+        .lines()
+        .map(|line| match line.trim_start().strip_prefix("bucket:") {
+            Some(_) => format!("    bucket: {SINGLE}\n"),
+            None => format!("{line}\n"),
+        })
+        .collect();
+    assert_ne!(single_text, text, "{text}");
+    let single_config = f.dir().join("single.yml");
+    fs::write(&single_config, single_text).unwrap();
+    let single_config = single_config.to_string_lossy().into_owned();
+    let gc = regsweep(&[
+        "gc",
+        &single_config,
+        "-m",
+        "--min-age",
+        "0s",
+        "--format",
+        "json",
+    ]);
+    gc.assert_success();
+
+    mark(&[&config], "registry:nightly");
     assert!(
         moto.list_keys(BUCKET, &format!("{root}_regsweep/state/"))
             .contains(&format!("{root}_regsweep/state/nightly")),
         "the state is not in the bucket"
     );
-    let mut blobs_deleted = 0;
+    let mut total = [0u64; WORK.len()];
     for i in 0..4 {
         let run = sweep(
             &[&config],
@@ -455,14 +484,32 @@ fn s3_four_shards_of_one_mark_in_the_bucket_leave_exactly_the_live_set() {
             &["--shard", &format!("{i}/4")],
         );
         run.assert_success();
-        blobs_deleted += field_u64(&run.json(), "blobs_deleted", &run);
+        for (sum, field) in total.iter_mut().zip(WORK) {
+            *sum += field_u64(&run.json(), field, &run);
+        }
     }
+    for (sum, field) in total.iter().zip(WORK) {
+        assert_eq!(
+            *sum,
+            field_u64(&gc.json(), field, &gc),
+            "`{field}` summed over the shards"
+        );
+    }
+    assert_eq!(total[0], f.model.expected_garbage_blobs(true).len() as u64);
+    // The same objects are left in both buckets, the mark state aside.
+    let keys = |bucket: &str| -> BTreeSet<String> {
+        moto.list_keys(bucket, root)
+            .into_iter()
+            .filter(|k| !k.starts_with(&format!("{root}_regsweep/")))
+            .collect()
+    };
     assert_eq!(
-        blobs_deleted,
-        f.model.expected_garbage_blobs(true).len() as u64
+        keys(BUCKET),
+        keys(SINGLE),
+        "the shards left something else than one gc"
     );
-    let copy = tempfile::tempdir().unwrap();
-    moto.download(BUCKET, root, copy.path());
+    let after = tempfile::tempdir().unwrap();
+    moto.download(BUCKET, root, after.path());
     // S3 objects cannot be backdated: every upload is young and stays.
     let uploads = f
         .model
@@ -471,7 +518,7 @@ fn s3_four_shards_of_one_mark_in_the_bucket_leave_exactly_the_live_set() {
         .map(|u| (u.repo.clone(), u.uuid.clone()))
         .collect();
     assert_exactly_the_live_set(
-        &copy.path().join("docker/registry/v2"),
+        &after.path().join("docker/registry/v2"),
         &f.model,
         true,
         &uploads,
