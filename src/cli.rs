@@ -152,6 +152,10 @@ pub struct MarkArgs {
     /// Output: a text summary, or one JSON object on stdout (logs stay on stderr).
     #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
     pub format: OutputFormat,
+
+    /// How often the mark reports its progress: a log line (a progress bar on a terminal).
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    pub progress_interval: Duration,
 }
 
 #[derive(Debug, Args)]

@@ -72,6 +72,11 @@ fn main() -> ExitCode {
 /// Set when logs are JSON: then no progress bar is drawn, whatever stderr is.
 static JSON_LOGS: AtomicBool = AtomicBool::new(false);
 
+/// Whether progress is a bar on stderr (a terminal, text logs, not quiet) rather than log lines.
+fn progress_bar(quiet: bool) -> bool {
+    !quiet && !JSON_LOGS.load(Ordering::Relaxed) && std::io::stderr().is_terminal()
+}
+
 fn init_logging(format: LogFormat, quiet: bool) {
     JSON_LOGS.store(format == LogFormat::Json, Ordering::Relaxed);
     let default = if quiet { "warn" } else { "info" };
@@ -281,9 +286,7 @@ async fn collect_and_forget(
             let progress = Arc::new(Progress::default());
             let reporting = Reporting {
                 interval: args.progress_interval,
-                bar: !quiet
-                    && !JSON_LOGS.load(Ordering::Relaxed)
-                    && std::io::stderr().is_terminal(),
+                bar: progress_bar(quiet),
                 metrics_file: args.metrics_file.clone(),
                 command: command.to_owned(),
                 dry_run: args.dry_run,
@@ -615,7 +618,17 @@ async fn mark(args: MarkArgs, quiet: bool) -> Result<ExitCode> {
         quarantine: None,
     };
     let started = std::time::Instant::now();
-    let collection = Collection::prepare(Arc::clone(&storage), options).await?;
+    let reporting = Reporting {
+        interval: args.progress_interval,
+        bar: progress_bar(quiet),
+        metrics_file: None,
+        command: "mark".to_owned(),
+        dry_run: true,
+    };
+    let reporter = Reporter::start(Arc::default(), counter.clone(), reporting);
+    let collection = Collection::prepare(Arc::clone(&storage), options).await;
+    reporter.stop().await;
+    let collection = collection?;
     let state = collection.state(&run);
     let bytes = state.encode();
     let state_bytes = bytes.len() as u64;

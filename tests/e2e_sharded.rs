@@ -343,7 +343,13 @@ fn a_stale_mismatched_foreign_or_corrupt_state_is_refused_and_nothing_is_deleted
     let root = f.registry.storage_root();
     let state_path = f.dir().join("mark.state");
     let state = state_path.to_string_lossy().into_owned();
-    mark(&[&config], &state);
+    // The mark reports its progress too (here every millisecond).
+    let marked = mark(&[&config, "--progress-interval", "1ms"], &state);
+    assert!(
+        marked.stderr.contains("progress: reading the storage"),
+        "{}",
+        marked.describe()
+    );
     let before = tree_snapshot(&root);
 
     let refused = |extra: &[&str], state: &str, needle: &str, location: &[&str]| {
