@@ -93,6 +93,7 @@ fn child(step: &[String], blobs: u32, created: SystemTime, state: &Path, deleted
                     .await
                     .expect("the synthetic registry marks");
                 let state = collection.state(&RunId::new(SystemTime::now()));
+                drop(collection); // as `regsweep mark` does
                 let bytes = state.encode();
                 line["state_bytes"] = json!(bytes.len());
                 line["live_blobs"] = json!(state.header.live_blobs);

@@ -4,27 +4,29 @@
 //! and what it plans can be inspected ([`Collection::plan_entries`]) before [`Collection::run`]
 //! carries it out.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant, SystemTime};
 
+use roaring::RoaringBitmap;
 use serde::Serialize;
 use thiserror::Error;
 use tracing::info;
 
 use crate::absence::{self, AbsenceError};
 use crate::mark::{self, ManifestCatalog, MarkError, MarkOptions, MarkSet};
-use crate::plan::{self, Kind, Owner, Phase, PlanOptions, SweepPlan};
+use crate::plan::{self, Kind, Owner, Phase, PlanOptions, Reprieve, SweepPlan};
 use crate::progress::Progress;
 use crate::quarantine::Quarantine;
 use crate::remark;
 use crate::report::{Summary, error_chain};
 use crate::restart::Deleted;
 use crate::run_id::RunId;
-use crate::scan::{self, Inventory, ScanError, Tag, Upload};
+use crate::scan::{self, Inventory, Repository, ScanError, Tag, Upload};
 use crate::select::{self, Decision, Released, Request, SelectError, Selection};
 use crate::shard::Shard;
-use crate::state::{self, MarkState, StateHeader};
+use crate::state::{self, Baseline, MarkState, StateHeader};
 use crate::storage::Storage;
 use crate::sweep;
 
@@ -83,9 +85,34 @@ pub struct Collection {
     /// what the scan saw, and the summary counts what was found.
     scanned: Option<Vec<(Vec<Tag>, Vec<Upload>)>>,
     decisions: Vec<Decision>,
-    /// A sweep from a mark state: the live blobs of other shards added to the universe (not listed,
-    /// never deleted, not counted).
+    /// A sweep from a mark state (`regsweep sweep`).
+    from_state: Option<FromState>,
+}
+
+/// What a sweep from a mark state keeps of it until its last deletion.
+#[derive(Debug)]
+struct FromState {
+    /// To tell, just before the sweep, what was written since the mark.
+    baseline: Baseline,
+    /// Manifests live in any repository at the mark (indices in the inventory's universe).
+    live_manifests: RoaringBitmap,
+    /// The live blobs of other shards added to the universe (not listed, never deleted, not
+    /// counted).
     unlisted_blobs: usize,
+}
+
+/// Drops every deletion in a repository `reprieve` names (written since the mark: left as it is)
+/// and every one that would touch what it keeps; returns how many went.
+fn spare_busy(plan: &mut SweepPlan, inventory: &Inventory, reprieve: &Reprieve) -> usize {
+    let busy = &reprieve.repositories;
+    let before = plan.deletions.len();
+    plan.deletions.retain(|d| match d.owner(inventory) {
+        Owner::Repository(name) => !busy.contains(name),
+        _ => true,
+    });
+    plan.repositories_deleted
+        .retain(|name| !busy.contains(name));
+    before - plan.deletions.len() + plan.spare(inventory, reprieve)
 }
 
 /// One key of the plan, as `--plan-file` writes it.
@@ -208,15 +235,15 @@ impl Collection {
             released,
             scanned,
             decisions: selection.decisions,
-            unlisted_blobs: 0,
+            from_state: None,
         })
     }
 
     /// Prepares the sweep of one shard from a mark state (`regsweep sweep`): lists the shard's
     /// blobs and every repository, takes what was live from the state, and plans the deletions of
     /// the shard's blobs and repositories, with the state's grace cut-offs. Repositories written
-    /// since the mark are left as they are, and whatever they reach is kept
-    /// ([`remark::since_mark`]). Reads only; `state` must have passed
+    /// since the mark ([`remark::busy_since_mark`]) are left as they are, and whatever they reach
+    /// is kept ([`remark::since_mark`]). Reads only; `state` must have passed
     /// [`MarkState::check`](crate::state::MarkState::check).
     pub async fn prepare_sweep(
         storage: Arc<dyn Storage>,
@@ -227,42 +254,64 @@ impl Collection {
         let started = Instant::now();
         let concurrency = options.concurrency.max(1);
         let header = &state.header;
+        let cutoff = header.cutoff();
         info!(storage = %storage, %shard, mark = header.run, "scanning");
-        let mut inventory = scan::scan_shard(&storage, concurrency, &shard).await?;
+        let mut inventory = scan::scan_shard(&storage, concurrency, &shard, cutoff).await?;
         info!(
             repositories = inventory.repositories.len(),
             blobs = inventory.blobs.len(),
             "scanned"
         );
-        let (marks, unlisted_blobs) = state.apply(&mut inventory);
+        let baseline = state.baseline();
+        let busy =
+            remark::busy_since_mark(&storage, &baseline, &inventory.repositories, concurrency)
+                .await
+                .map_err(ScanError::from)?;
+        let busy: HashSet<String> = busy
+            .into_iter()
+            .map(|r| inventory.repositories[r].name.clone())
+            .collect();
+        // Of the other shards' repositories, only the busy ones matter here (for what they reach);
+        // their tag links are read now.
+        inventory
+            .repositories
+            .retain(|r| shard.owns_repository(&r.name) || busy.contains(&r.name));
+        scan::read_tag_links(
+            &storage,
+            &mut inventory.repositories,
+            &|r| !shard.owns_repository(&r.name),
+            &HashSet::new(),
+            concurrency,
+        )
+        .await
+        .map_err(ScanError::from)?;
+        let applied = state.apply(&mut inventory);
+        let busy_repositories: Vec<&Repository> = inventory
+            .repositories
+            .iter()
+            .filter(|r| busy.contains(&r.name))
+            .collect();
+        let reprieve = remark::since_mark(
+            &storage,
+            &inventory,
+            &applied.live_manifests,
+            &busy_repositories,
+            cutoff,
+        )
+        .await?;
         let mark_options = MarkOptions {
             delete_untagged: header.delete_untagged,
-            cutoff: header.cutoff(),
+            cutoff,
         };
         let plan_options = PlanOptions {
-            cutoff: header.cutoff(),
+            cutoff,
             upload_cutoff: header.upload_cutoff(),
         };
-        // Busy: written after the cut-off. That includes what the mark saw young (a root then,
-        // but the state does not say which), and leaves --min-age to cover the clock skew between
-        // the marking machine and the storage, as in gc.
-        let busy: Vec<usize> = (0..inventory.repositories.len())
-            .filter(|&r| {
-                let repo = &inventory.repositories[r];
-                !state.has_repository(&repo.name) || repo.written_since(header.cutoff())
-            })
-            .collect();
-        let reprieve =
-            remark::since_mark(&storage, &inventory, &marks, &busy, mark_options.cutoff).await?;
-        let mut plan = plan::plan(&inventory, &marks, plan_options);
-        let busy = &reprieve.repositories;
-        plan.deletions.retain(|d| match d.owner(&inventory) {
-            Owner::Repository(name) => shard.owns_repository(name) && !busy.contains(name),
-            owner => shard.owns(owner),
-        });
+        let mut plan = plan::plan(&inventory, &applied.marks, plan_options);
+        plan.deletions.retain(|d| shard.owns(d.owner(&inventory)));
         plan.repositories_deleted
-            .retain(|name| shard.owns_repository(name) && !busy.contains(name));
-        let spared = plan.spare(&inventory, &reprieve);
+            .retain(|name| shard.owns_repository(name));
+        let spared = spare_busy(&mut plan, &inventory, &reprieve);
         info!(
             deletions = plan.deletions.len(),
             busy_repositories = busy.len(),
@@ -276,14 +325,18 @@ impl Collection {
             started_at: header.started(),
             inventory,
             catalog: ManifestCatalog::default(),
-            marks,
+            marks: applied.marks,
             mark_options,
             plan_options,
             plan,
             released: Released::default(),
             scanned: None,
             decisions: Vec::new(),
-            unlisted_blobs,
+            from_state: Some(FromState {
+                baseline,
+                live_manifests: applied.live_manifests,
+                unlisted_blobs: applied.unlisted,
+            }),
         })
     }
 
@@ -381,7 +434,9 @@ impl Collection {
             self.options.dry_run,
         );
         self.swap_scanned();
-        summary.blobs_total -= self.unlisted_blobs as u64;
+        if let Some(from) = &self.from_state {
+            summary.blobs_total -= from.unlisted_blobs as u64;
+        }
         summary.warnings = std::mem::take(&mut self.marks.warnings);
         summary.decisions = std::mem::take(&mut self.decisions);
         if self.options.dry_run {
@@ -458,6 +513,9 @@ impl Collection {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         }
+        if self.from_state.is_some() {
+            return self.remark_since_mark().await;
+        }
         // The re-mark compares the storage with what the scan saw, selection or not.
         self.swap_scanned();
         let reprieve = remark::remark_released(
@@ -478,6 +536,49 @@ impl Collection {
                 spared,
                 busy_repositories = reprieve.repositories.len(),
                 "spared what the registry wrote since the scan"
+            );
+        }
+        Ok(spared)
+    }
+
+    /// The re-mark of a sweep from a mark state: the repositories are listed again (without their
+    /// old layer links), and those written since the mark — now, not only at the scan — are left
+    /// as they are, with whatever they reach. What is written since the mark is written after its
+    /// cut-off, or changes the facts the state recorded, so this needs no comparison with the
+    /// sweep's own scan.
+    async fn remark_since_mark(&mut self) -> Result<usize, remark::RemarkError> {
+        let from = self.from_state.as_ref().expect("a sweep from a mark state");
+        let concurrency = self.options.concurrency.max(1);
+        let cutoff = from.baseline.cutoff();
+        let (mut repos, oversize) =
+            scan::list_repositories(&self.storage, concurrency, Some(cutoff)).await?;
+        let busy =
+            remark::busy_since_mark(&self.storage, &from.baseline, &repos, concurrency).await?;
+        let busy: HashSet<String> = busy.into_iter().map(|r| repos[r].name.clone()).collect();
+        scan::read_tag_links(
+            &self.storage,
+            &mut repos,
+            &|r| busy.contains(&r.name),
+            &oversize,
+            concurrency,
+        )
+        .await?;
+        let busy_repositories: Vec<&Repository> =
+            repos.iter().filter(|r| busy.contains(&r.name)).collect();
+        let reprieve = remark::since_mark(
+            &self.storage,
+            &self.inventory,
+            &from.live_manifests,
+            &busy_repositories,
+            cutoff,
+        )
+        .await?;
+        let spared = spare_busy(&mut self.plan, &self.inventory, &reprieve);
+        if spared > 0 {
+            info!(
+                spared,
+                busy_repositories = busy.len(),
+                "spared what the registry wrote since the mark"
             );
         }
         Ok(spared)

@@ -630,18 +630,23 @@ async fn mark(args: MarkArgs, quiet: bool) -> Result<ExitCode> {
     reporter.stop().await;
     let collection = collection?;
     let state = collection.state(&run);
+    let plan = collection.plan();
+    let deletions_planned = plan.deletions.len() as u64;
+    let bytes_reclaimable = plan.deletions.iter().map(|d| d.bytes).sum();
+    let warnings = collection.marks().warnings.clone();
+    // The inventory is the largest thing in memory: gone before the state is encoded.
+    drop(collection);
     let bytes = state.encode();
     let state_bytes = bytes.len() as u64;
     args.state.write(&storage, bytes).await?;
     tracing::info!(state = %args.state, bytes = state_bytes, "wrote the mark state");
-    let plan = collection.plan();
     let summary = MarkSummary {
         state: args.state.to_string(),
         header: state.header,
         state_bytes,
-        deletions_planned: plan.deletions.len() as u64,
-        bytes_reclaimable: plan.deletions.iter().map(|d| d.bytes).sum(),
-        warnings: collection.marks().warnings.clone(),
+        deletions_planned,
+        bytes_reclaimable,
+        warnings,
         requests: counter.snapshot(),
         duration_seconds: started.elapsed().as_secs_f64(),
     };

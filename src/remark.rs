@@ -18,16 +18,21 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::time::SystemTime;
+
+use futures::{StreamExt, TryStreamExt, stream};
+use roaring::RoaringBitmap;
 
 use thiserror::Error;
 
 use crate::digest::{Digest, DigestError};
 use crate::layout;
 use crate::manifest::{ManifestRefs, parse_manifest};
-use crate::mark::{MAX_MANIFEST_BYTES, ManifestCatalog, MarkOptions, MarkSet, RepositoryMarks};
+use crate::mark::{MAX_MANIFEST_BYTES, ManifestCatalog, MarkOptions, MarkSet};
 use crate::plan::Reprieve;
 use crate::scan::{self, Inventory, Link, Repository, ScanError};
 use crate::select::Released;
+use crate::state::{Baseline, Known};
 use crate::storage::{Storage, StorageError};
 
 /// Why the re-mark could not vouch for the plan: nothing is deleted.
@@ -89,7 +94,7 @@ pub async fn remark_released(
     concurrency: usize,
     released: &Released,
 ) -> Result<Reprieve, RemarkError> {
-    let (mut repositories, oversize) = scan::list_repositories(storage, concurrency).await?;
+    let (mut repositories, oversize) = scan::list_repositories(storage, concurrency, None).await?;
     read_changed_tag_links(
         storage,
         inventory,
@@ -118,7 +123,7 @@ pub async fn remark_released(
             storage,
             inventory,
             catalog,
-            live: before.map(|(_, m)| m),
+            live: &|i| before.is_some_and(|(_, m)| m.manifests.contains(i)),
             repository: &repo.name,
             read_since: &mut read_since,
             reprieve: &mut reprieve,
@@ -130,25 +135,56 @@ pub async fn remark_released(
     Ok(reprieve)
 }
 
-/// For a sweep from a mark state ([`crate::state`]): the repositories at `busy` (indices into
-/// `inventory`) were written since the mark, so the state cannot vouch for them. Every revision,
-/// tag, tag index entry and young layer link of theirs is a root, whatever the options (their
-/// referrers are revisions too, so they are reached), and whatever the roots reach is kept,
-/// wherever it is stored; the sweep also leaves the busy repositories themselves as they are (the
-/// next run collects them). Manifests the state already had live in the repository are not read
-/// again: what they reference is live in it.
+/// For a sweep from a mark state ([`crate::state`]): the indices of the repositories of `repos`
+/// that were written since the mark ([`Known`]) — new, changed, or with a tag that was broken at
+/// the mark and whose manifest is stored again (looked up with one HEAD each).
+pub async fn busy_since_mark(
+    storage: &Arc<dyn Storage>,
+    baseline: &Baseline,
+    repos: &[Repository],
+    concurrency: usize,
+) -> Result<Vec<usize>, StorageError> {
+    let mut busy = Vec::new();
+    let mut lookups = Vec::new();
+    for (r, repo) in repos.iter().enumerate() {
+        match baseline.known(repo) {
+            Known::New | Known::Changed => busy.push(r),
+            Known::Unchanged { broken } => lookups.extend(broken.iter().map(|d| (r, *d))),
+        }
+    }
+    let mut found = stream::iter(lookups.into_iter().map(|(r, digest)| async move {
+        let stored = storage.head(&layout::blob_data(&digest)).await?;
+        Ok::<_, StorageError>((r, stored.is_some()))
+    }))
+    .buffer_unordered(concurrency.max(1));
+    while let Some((r, stored)) = found.try_next().await? {
+        if stored {
+            busy.push(r);
+        }
+    }
+    busy.sort_unstable();
+    busy.dedup();
+    Ok(busy)
+}
+
+/// For a sweep from a mark state: whatever the repositories `busy` (written since the mark; their
+/// tag links read) reach, wherever it is stored, becomes a [`Reprieve`], and the repositories
+/// themselves are named in it (the sweep leaves them as they are; the next run collects them).
+/// Every revision, tag, tag index entry and young layer link of theirs is a root, whatever the
+/// options: referrers are revisions too, so they are reached. Manifests live in any repository at
+/// the mark (`live_manifests`, by index in `inventory`'s universe) are not read: what they
+/// reference is live.
 pub async fn since_mark(
     storage: &Arc<dyn Storage>,
     inventory: &Inventory,
-    marks: &MarkSet,
-    busy: &[usize],
-    cutoff: std::time::SystemTime,
+    live_manifests: &RoaringBitmap,
+    busy: &[&Repository],
+    cutoff: SystemTime,
 ) -> Result<Reprieve, RemarkError> {
     let catalog = ManifestCatalog::default();
     let mut reprieve = Reprieve::default();
     let mut read_since = HashMap::new();
-    for &r in busy {
-        let repo = &inventory.repositories[r];
+    for repo in busy {
         reprieve.repositories.insert(repo.name.clone());
         // A young layer link is an upload (or a mount) whose manifest may come next.
         for link in repo.layer_links.iter().filter(|l| l.modified > cutoff) {
@@ -178,7 +214,7 @@ pub async fn since_mark(
             storage,
             inventory,
             catalog: &catalog,
-            live: Some(&marks.repositories[r]),
+            live: &|i| live_manifests.contains(i),
             repository: &repo.name,
             read_since: &mut read_since,
             reprieve: &mut reprieve,
@@ -221,7 +257,7 @@ async fn read_changed_tag_links(
             });
         }
     }
-    scan::read_tag_links(storage, &mut changed, oversize, concurrency).await?;
+    scan::read_tag_links(storage, &mut changed, &|_| true, oversize, concurrency).await?;
     for read in changed {
         let repo = repositories
             .iter_mut()
@@ -348,8 +384,8 @@ struct Closure<'a> {
     storage: &'a Arc<dyn Storage>,
     inventory: &'a Inventory,
     catalog: &'a ManifestCatalog,
-    /// What the mark already found live in this repository (its closure is not in the plan).
-    live: Option<&'a RepositoryMarks>,
+    /// Manifests whose closure is already kept, by blob index (not read again).
+    live: &'a dyn Fn(u32) -> bool,
     repository: &'a str,
     /// Manifests read during the re-mark, by digest (shared between repositories).
     read_since: &'a mut HashMap<Digest, Option<ManifestRefs>>,
@@ -368,9 +404,7 @@ impl Closure<'_> {
                 continue;
             }
             let index = self.inventory.blobs.index(&digest);
-            if let (Some(i), Some(live)) = (index, self.live)
-                && live.manifests.contains(i)
-            {
+            if index.is_some_and(self.live) {
                 continue;
             }
             let Some(refs) = self.refs(digest, index).await? else {

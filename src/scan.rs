@@ -286,15 +286,18 @@ pub async fn check_registry(storage: &Arc<dyn Storage>) -> Result<(), ScanError>
 
 /// Lists the whole registry below `storage` with at most `concurrency` requests in flight.
 pub async fn scan(storage: &Arc<dyn Storage>, concurrency: usize) -> Result<Inventory, ScanError> {
-    scan_shard(storage, concurrency, &Shard::WHOLE).await
+    scan_shard(storage, concurrency, &Shard::WHOLE, SystemTime::UNIX_EPOCH).await
 }
 
-/// [`scan`], where only the blobs of `shard` are listed (every repository still is: what a
-/// repository references may lie in any shard).
+/// [`scan`] for the sweep of `shard`: only the shard's blobs are listed. Every repository still
+/// is (what it references may lie in any shard, and the sweep must see what was written since the
+/// mark), but of the repositories another shard owns, only the `_layers` links modified after
+/// `cutoff` are kept (the others, about one per blob, are never needed) and no tag link is read.
 pub async fn scan_shard(
     storage: &Arc<dyn Storage>,
     concurrency: usize,
     shard: &Shard,
+    cutoff: SystemTime,
 ) -> Result<Inventory, ScanError> {
     storage.check_listing(layout::REPOSITORIES).await?;
     let top = storage.list_dir(layout::V2).await?;
@@ -357,6 +360,7 @@ pub async fn scan_shard(
                 &mut repositories,
                 &mut oversize_links,
                 object,
+                &|name, modified| modified > cutoff || shard.owns_repository(name),
             );
         }
     }
@@ -370,6 +374,7 @@ pub async fn scan_shard(
     read_tag_links(
         storage,
         &mut inventory.repositories,
+        &|repo| shard.owns_repository(&repo.name),
         &oversize_links,
         concurrency,
     )
@@ -380,9 +385,12 @@ pub async fn scan_shard(
 /// Lists the repositories again (for the re-mark before the sweep), without reading any tag link:
 /// every tag's `current` target is left unread (an error), for the caller to fill in; also returns
 /// the tag links listed larger than a link can be (recorded as corrupt, never to be read).
+///
+/// With a `cutoff`, `_layers` links modified at or before it are left out.
 pub async fn list_repositories(
     storage: &Arc<dyn Storage>,
     concurrency: usize,
+    cutoff: Option<SystemTime>,
 ) -> Result<(Vec<Repository>, HashSet<String>), ScanError> {
     let (prefixes, _) = prefixes_to_list(storage, layout::REPOSITORIES, None).await?;
     let mut scratch = Inventory::default();
@@ -391,7 +399,13 @@ pub async fn list_repositories(
     let mut objects = stream::iter(prefixes.iter().map(|prefix| storage.list(prefix)))
         .flatten_unordered(concurrency.max(1));
     while let Some(object) = objects.try_next().await? {
-        add_repository_object(&mut scratch, &mut repositories, &mut oversize, object);
+        add_repository_object(
+            &mut scratch,
+            &mut repositories,
+            &mut oversize,
+            object,
+            &|_, modified| cutoff.is_none_or(|cutoff| modified > cutoff),
+        );
     }
     Ok((repositories.into_values().collect(), oversize))
 }
@@ -494,6 +508,7 @@ fn add_repository_object(
     repositories: &mut BTreeMap<String, Repository>,
     oversize_links: &mut HashSet<String>,
     object: ObjectMeta,
+    keep_layer_link: &dyn Fn(&str, SystemTime) -> bool,
 ) {
     let parsed = layout::parse_repository_key(&object.key);
     let Some(name) = parsed.repository else {
@@ -514,6 +529,7 @@ fn add_repository_object(
     let repository = repositories.get_mut(name).expect("inserted above");
     let modified = object.modified;
     match parsed.object {
+        RepositoryObject::LayerLink(_) if !keep_layer_link(name, modified) => {}
         RepositoryObject::LayerLink(digest) => {
             push_sparingly(&mut repository.layer_links, Link { digest, modified })
         }
@@ -580,18 +596,20 @@ fn tag_mut<'r>(repository: &'r mut Repository, name: &str) -> &'r mut Tag {
     &mut repository.tags[i]
 }
 
-/// Reads every tag's `current/link` but those listed larger than a link can be (`oversize`, already
-/// recorded as corrupt), concurrently. A link that cannot be parsed is recorded as such (the mark
+/// Reads every tag's `current/link` of the repositories `only` accepts but those listed larger than
+/// a link can be (`oversize`, already recorded as corrupt), concurrently. A link that cannot be parsed is recorded as such (the mark
 /// refuses to go on with it); one that cannot be read at all fails the scan.
 pub async fn read_tag_links(
     storage: &Arc<dyn Storage>,
     repositories: &mut [Repository],
+    only: &dyn Fn(&Repository) -> bool,
     oversize: &HashSet<String>,
     concurrency: usize,
 ) -> Result<(), StorageError> {
     let keys: Vec<(usize, usize, String)> = repositories
         .iter()
         .enumerate()
+        .filter(|(_, repo)| only(repo))
         .flat_map(|(r, repo)| {
             repo.tags.iter().enumerate().filter_map(move |(t, tag)| {
                 tag.current

@@ -15,7 +15,7 @@
 //! | 4 | format version, `1` |
 //! | 4 + n | header length, then the header as UTF-8 JSON ([`StateHeader`]) |
 //! | 8 + 32·k | count of live blobs, then their raw sha256 digests, strictly ascending |
-//! | 8 + … | count of repositories, then each, by ascending name: name length (4) and UTF-8 name; length (4) and portable roaring bitmap of its live manifests; length (4) and roaring bitmap of its live `_layers` links — both as indices into the live blobs |
+//! | 8 + … | count of repositories, then each, by ascending name: name length (4) and UTF-8 name; length (4) and portable roaring bitmap of its live manifests; length (4) and roaring bitmap of its live `_layers` links — both as indices into the live blobs; count (4) and its [`Facts`] (8 each, ascending); count (4) and the targets of its broken tags (32 each) |
 //! | 32 | SHA-256 of every byte before it |
 //!
 //! A reader checks the magic, the version and the checksum before it believes anything else.
@@ -33,7 +33,7 @@ use crate::digest::Digest;
 use crate::layout;
 use crate::mark::{MarkSet, RepositoryMarks};
 use crate::metrics;
-use crate::scan::{BlobUniverseBuilder, Inventory};
+use crate::scan::{BlobUniverseBuilder, Inventory, Repository};
 use crate::storage::{PutCondition, Storage, StorageError};
 
 /// The format this build writes and reads.
@@ -197,6 +197,71 @@ struct RepositoryState {
     /// Indices into `live`.
     manifests: RoaringBitmap,
     layers: RoaringBitmap,
+    /// What made things live in the repository at the mark, as [`Facts`].
+    facts: Facts,
+    /// The targets of the tags that named nothing in storage at the mark (broken).
+    broken: Vec<Digest>,
+}
+
+/// A repository's revisions, tags and tag index entries at the mark, each as the first 8 bytes of
+/// a SHA-256, sorted: the sweep compares them with what it lists, without trusting any clock. A
+/// revision, tag or index entry that was not there at the mark — pushed since, or put back by a
+/// restore or a copy that kept its old modification time — makes the repository busy. A tag is its
+/// name with its `current/link`'s modification time, so a tag moved since the mark is a new fact
+/// too. Facts that went (deleted since, by a sweep or the API) do not: an interrupted sweep resumes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Facts(Vec<u64>);
+
+impl Facts {
+    /// The facts of a repository as listed.
+    pub fn of(repo: &Repository) -> Facts {
+        let fact = |kind: &[u8], parts: &[&[u8]]| {
+            let mut hash = Sha256::new();
+            hash.update(kind);
+            for part in parts {
+                hash.update((part.len() as u64).to_le_bytes());
+                hash.update(part);
+            }
+            u64::from_le_bytes(hash.finalize()[..8].try_into().expect("8 bytes"))
+        };
+        let mut facts: Vec<u64> = repo
+            .revisions
+            .iter()
+            .map(|r| fact(b"revision", &[r.digest.as_bytes()]))
+            .collect();
+        for tag in &repo.tags {
+            if let Some(current) = &tag.current {
+                let ms = millis(current.modified).to_le_bytes();
+                facts.push(fact(b"tag", &[tag.name.as_bytes(), &ms]));
+            }
+            for entry in &tag.index {
+                facts.push(fact(
+                    b"index",
+                    &[tag.name.as_bytes(), entry.digest.as_bytes()],
+                ));
+            }
+        }
+        facts.sort_unstable();
+        facts.dedup();
+        Facts(facts)
+    }
+
+    /// Whether `self` has a fact `before` did not.
+    pub fn has_new(&self, before: &Facts) -> bool {
+        self.0.iter().any(|f| before.0.binary_search(f).is_err())
+    }
+}
+
+/// What the state says of a repository the sweep lists.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Known<'a> {
+    /// Not in the state: created since the mark.
+    New,
+    /// Written since the cut-off, or something in it makes things live that the mark did not see.
+    Changed,
+    /// As marked, as far as facts go; the targets of its tags that were broken at the mark are
+    /// still to be looked up (one that exists now makes the repository busy too).
+    Unchanged { broken: &'a [Digest] },
 }
 
 /// Why a state cannot be used. Nothing is deleted when one of these is returned.
@@ -257,6 +322,49 @@ pub enum StateError {
     Future { location: String, started: String },
 }
 
+/// A state's marks over a sweep's universe ([`MarkState::apply`]).
+#[derive(Debug)]
+pub struct Applied {
+    /// Aligned with the inventory's repositories (a repository the mark did not know has none).
+    pub marks: MarkSet,
+    /// Every manifest live in any repository at the mark: what it references is live too.
+    pub live_manifests: RoaringBitmap,
+    /// Live blobs added to the universe because the listing did not return them (other shards').
+    pub unlisted: usize,
+}
+
+/// What a sweep keeps of its state to tell what was written since the mark, up to its last
+/// deletion: the cut-off and each repository's [`Facts`] and broken tag targets.
+#[derive(Debug, Clone)]
+pub struct Baseline {
+    cutoff: SystemTime,
+    /// By ascending name.
+    repositories: Vec<(String, Facts, Vec<Digest>)>,
+}
+
+impl Baseline {
+    /// The state's cut-off: what was modified after it was written since the mark, or is young.
+    pub fn cutoff(&self) -> SystemTime {
+        self.cutoff
+    }
+
+    /// How `repo`, as listed now, compares with the mark.
+    pub fn known(&self, repo: &Repository) -> Known<'_> {
+        let Ok(at) = self
+            .repositories
+            .binary_search_by(|(name, _, _)| name.as_str().cmp(&repo.name))
+        else {
+            return Known::New;
+        };
+        let (_, facts, broken) = &self.repositories[at];
+        if repo.written_since(self.cutoff) || Facts::of(repo).has_new(facts) {
+            Known::Changed
+        } else {
+            Known::Unchanged { broken }
+        }
+    }
+}
+
 /// What the sweep expects of a state: the options it was given and when it runs.
 #[derive(Debug, Clone)]
 pub struct Expectations {
@@ -289,10 +397,23 @@ impl MarkState {
             .repositories
             .iter()
             .zip(&marks.repositories)
-            .map(|(repo, repo_marks)| RepositoryState {
-                name: repo.name.clone(),
-                manifests: repo_marks.manifests.iter().map(position).collect(),
-                layers: repo_marks.layers.iter().map(position).collect(),
+            .map(|(repo, repo_marks)| {
+                let mut broken: Vec<Digest> = repo
+                    .tags
+                    .iter()
+                    .filter_map(|t| t.current.as_ref()?.target.as_ref().ok())
+                    .filter(|d| inventory.blobs.index(d).is_none())
+                    .copied()
+                    .collect();
+                broken.sort_unstable();
+                broken.dedup();
+                RepositoryState {
+                    name: repo.name.clone(),
+                    manifests: repo_marks.manifests.iter().map(position).collect(),
+                    layers: repo_marks.layers.iter().map(position).collect(),
+                    facts: Facts::of(repo),
+                    broken,
+                }
             })
             .collect();
         MarkState {
@@ -368,11 +489,6 @@ impl MarkState {
         &self.live
     }
 
-    /// Whether the mark knew the repository `name`.
-    pub fn has_repository(&self, name: &str) -> bool {
-        self.repository(name).is_some()
-    }
-
     fn repository(&self, name: &str) -> Option<&RepositoryState> {
         self.repositories
             .binary_search_by(|r| r.name.as_str().cmp(name))
@@ -381,19 +497,17 @@ impl MarkState {
     }
 
     /// Adds the live blobs the listing of `inventory` did not return (other shards' blobs) to its
-    /// universe, as never-deletable entries, and returns the state's marks over that universe,
-    /// aligned with its repositories (a repository the mark did not know has none). Returns how
-    /// many blobs were added.
-    pub fn apply(&self, inventory: &mut Inventory) -> (MarkSet, usize) {
+    /// universe, as never-deletable entries, and gives the state's marks over that universe.
+    pub fn apply(&self, inventory: &mut Inventory) -> Applied {
         let listed = std::mem::take(&mut inventory.blobs);
         let mut universe = BlobUniverseBuilder::default();
         for i in 0..listed.len() as u32 {
             universe.push(*listed.digest(i), listed.size(i), listed.modified(i));
         }
-        let mut added = 0;
+        let mut unlisted = 0;
         for digest in self.live.iter().filter(|d| listed.index(d).is_none()) {
             universe.push(*digest, 0, SystemTime::UNIX_EPOCH);
-            added += 1;
+            unlisted += 1;
         }
         drop(listed);
         inventory.blobs = universe.finish();
@@ -419,7 +533,27 @@ impl MarkState {
                 .collect(),
             warnings: Vec::new(),
         };
-        (marks, added)
+        let mut live_manifests = RoaringBitmap::new();
+        for state in &self.repositories {
+            live_manifests |= &state.manifests;
+        }
+        Applied {
+            marks,
+            live_manifests: map(&live_manifests),
+            unlisted,
+        }
+    }
+
+    /// What the sweep keeps of the state once its marks are applied.
+    pub fn baseline(&self) -> Baseline {
+        Baseline {
+            cutoff: self.header.cutoff(),
+            repositories: self
+                .repositories
+                .iter()
+                .map(|r| (r.name.clone(), r.facts.clone(), r.broken.clone()))
+                .collect(),
+        }
     }
 
     pub fn encode(&self) -> Vec<u8> {
@@ -440,6 +574,14 @@ impl MarkState {
             for set in [&repo.manifests, &repo.layers] {
                 out.extend_from_slice(&(set.serialized_size() as u32).to_le_bytes());
                 set.serialize_into(&mut out).expect("writing to memory");
+            }
+            out.extend_from_slice(&(repo.facts.0.len() as u32).to_le_bytes());
+            for fact in &repo.facts.0 {
+                out.extend_from_slice(&fact.to_le_bytes());
+            }
+            out.extend_from_slice(&(repo.broken.len() as u32).to_le_bytes());
+            for digest in &repo.broken {
+                out.extend_from_slice(digest.as_bytes());
             }
         }
         let checksum = Sha256::digest(&out);
@@ -517,10 +659,29 @@ fn decode_body(r: &mut Reader<'_>) -> Result<MarkState, String> {
             }
         }
         let [manifests, layers] = sets;
+        let count = r.u32()? as usize;
+        let facts: Vec<u64> = r
+            .take(count.checked_mul(8).ok_or("fact count overflows")?)?
+            .chunks_exact(8)
+            .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes")))
+            .collect();
+        if facts.windows(2).any(|w| w[0] >= w[1]) {
+            return Err(format!(
+                "repository {name}: facts are not strictly ascending"
+            ));
+        }
+        let count = r.u32()? as usize;
+        let broken = r
+            .take(count.checked_mul(32).ok_or("broken tag count overflows")?)?
+            .chunks_exact(32)
+            .map(|c| Digest::from_bytes(c.try_into().expect("32 bytes")))
+            .collect();
         repositories.push(RepositoryState {
             name,
             manifests,
             layers,
+            facts: Facts(facts),
+            broken,
         });
     }
     if r.at != r.bytes.len() {
@@ -576,7 +737,7 @@ fn hex(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::scan::{BlobUniverse, Repository};
+    use crate::scan::{BlobUniverse, Link, Tag, TagCurrent};
 
     fn d(n: u8) -> Digest {
         Digest::from_bytes([n; 32])
@@ -586,16 +747,53 @@ mod tests {
 
     /// Blobs 1..=6; repository `a` keeps manifest 2 and layers 3, 4; `b` keeps manifest 5 and
     /// layer 3; blobs 1 and 6 are garbage.
+    /// The instant everything of the fixture was written: an hour before the cut-off.
+    const T: Duration = Duration::from_secs(1_000_000);
+
+    fn link(n: u8) -> Link {
+        Link {
+            digest: d(n),
+            modified: SystemTime::UNIX_EPOCH + T,
+        }
+    }
+
+    fn tag(name: &str, target: u8) -> Tag {
+        Tag {
+            name: name.to_owned(),
+            current: Some(TagCurrent {
+                target: Ok(d(target)),
+                modified: SystemTime::UNIX_EPOCH + T,
+            }),
+            index: vec![link(target)],
+        }
+    }
+
+    /// `a`: tag v1 → manifest 2 (layers 3, 4); `b`: manifest 5 (layer 3), and tag `gone` → 9,
+    /// which is not in storage.
+    fn repositories() -> Vec<Repository> {
+        vec![
+            Repository {
+                name: "a".to_owned(),
+                revisions: vec![link(2)],
+                layer_links: vec![link(3), link(4)],
+                tags: vec![tag("v1", 2)],
+                ..Repository::default()
+            },
+            Repository {
+                name: "b".to_owned(),
+                revisions: vec![link(5)],
+                layer_links: vec![link(3)],
+                tags: vec![tag("gone", 9)],
+                ..Repository::default()
+            },
+        ]
+    }
+
     fn state() -> (MarkState, Inventory) {
-        let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let t = SystemTime::UNIX_EPOCH + T;
         let inventory = Inventory {
             blobs: BlobUniverse::new((1..=6).map(|n| (d(n), u64::from(n), t)).collect()),
-            repositories: ["a", "b"]
-                .map(|name| Repository {
-                    name: name.to_owned(),
-                    ..Repository::default()
-                })
-                .to_vec(),
+            repositories: repositories(),
             ..Inventory::default()
         };
         let index = |n: u8| inventory.blobs.index(&d(n)).unwrap();
@@ -659,8 +857,9 @@ mod tests {
                 .to_vec(),
             ..Inventory::default()
         };
-        let (marks, added) = decoded.apply(&mut shard);
-        assert_eq!(added, 3, "2, 4 and 5 were not listed");
+        let applied = decoded.apply(&mut shard);
+        let marks = &applied.marks;
+        assert_eq!(applied.unlisted, 3, "2, 4 and 5 were not listed");
         let universe = &shard.blobs;
         let digests = |set: &mut dyn Iterator<Item = u32>| -> Vec<Digest> {
             set.map(|i| *universe.digest(i)).collect()
@@ -675,7 +874,55 @@ mod tests {
             10,
             "as listed"
         );
-        assert!(decoded.has_repository("a") && !decoded.has_repository("c"));
+        assert_eq!(
+            digests(&mut applied.live_manifests.iter()),
+            [d(2), d(5)],
+            "live in a or b"
+        );
+    }
+
+    #[test]
+    fn the_baseline_tells_what_was_written_since_the_mark_without_trusting_clocks() {
+        let (state, _) = state();
+        let baseline = state.baseline();
+        let [a, b] = <[Repository; 2]>::try_from(repositories()).unwrap();
+        assert_eq!(baseline.known(&a), Known::Unchanged { broken: &[] });
+        assert_eq!(baseline.known(&b), Known::Unchanged { broken: &[d(9)] });
+        let changed = |change: &dyn Fn(&mut Repository)| {
+            let mut repo = a.clone();
+            change(&mut repo);
+            baseline.known(&repo)
+        };
+        // A manifest put back with its old modification time (a restore, `cp -a`).
+        assert_eq!(changed(&|r| r.revisions.push(link(7))), Known::Changed);
+        // A tag moved, a new tag, a new index entry, whatever their times say.
+        let earlier = SystemTime::UNIX_EPOCH + T - Duration::from_secs(60);
+        assert_eq!(
+            changed(&|r| r.tags[0].current.as_mut().unwrap().modified = earlier),
+            Known::Changed
+        );
+        assert_eq!(changed(&|r| r.tags.push(tag("v2", 2))), Known::Changed);
+        assert_eq!(changed(&|r| r.tags[0].index.push(link(6))), Known::Changed);
+        // Anything written after the cut-off (an upload's layer link).
+        let young = Link {
+            digest: d(6),
+            modified: state.header.cutoff() + Duration::from_secs(1),
+        };
+        assert_eq!(changed(&|r| r.layer_links.push(young.clone())), Known::Changed);
+        // What went since (a sweep that was interrupted, an API delete) changes nothing.
+        assert_eq!(
+            changed(&|r| {
+                r.revisions.clear();
+                r.tags.clear();
+                r.layer_links.clear();
+            }),
+            Known::Unchanged { broken: &[] }
+        );
+        let new = Repository {
+            name: "c".to_owned(),
+            ..Repository::default()
+        };
+        assert_eq!(baseline.known(&new), Known::New);
     }
 
     #[test]
