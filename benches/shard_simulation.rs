@@ -34,6 +34,8 @@ use regsweep::state::{Expectations, MarkState, StateLocation};
 use regsweep::storage::Storage;
 use synthetic::{SyntheticRegistry, peak_rss};
 
+/// The synthetic storage's ID (`_regsweep/id` elsewhere).
+const ID: &str = "synthetic";
 /// The registry's age: past the grace period.
 const AGE: Duration = Duration::from_secs(2 * 86_400);
 const MIN_AGE: Duration = Duration::from_secs(3600);
@@ -92,7 +94,8 @@ fn child(step: &[String], blobs: u32, created: SystemTime, state: &Path, deleted
                 let collection = Collection::prepare(Arc::clone(&storage), options())
                     .await
                     .expect("the synthetic registry marks");
-                let state = collection.state(&RunId::new(SystemTime::now()));
+                // The synthetic storage takes no writes: its ID is given, not stored.
+                let state = collection.state(&RunId::new(SystemTime::now()), ID.to_owned());
                 drop(collection); // as `regsweep mark` does
                 let bytes = state.encode();
                 line["state_bytes"] = json!(bytes.len());
@@ -109,6 +112,7 @@ fn child(step: &[String], blobs: u32, created: SystemTime, state: &Path, deleted
                 let state = MarkState::decode(&read, &location).expect("a sound state");
                 let expect = Expectations {
                     storage: storage.to_string(),
+                    storage_id: Some(ID.to_owned()),
                     delete_untagged: false,
                     min_age: MIN_AGE,
                     upload_max_age: UPLOAD_MAX_AGE,

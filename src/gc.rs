@@ -340,12 +340,14 @@ impl Collection {
         })
     }
 
-    /// The mark state of this collection's mark, for `regsweep sweep` (`run` names the mark).
-    pub fn state(&self, run: &RunId) -> MarkState {
+    /// The mark state of this collection's mark, for `regsweep sweep` (`run` names the mark,
+    /// `storage_id` is the storage's [`state::storage_id`]).
+    pub fn state(&self, run: &RunId, storage_id: String) -> MarkState {
         let header = StateHeader {
             run: run.to_string(),
             regsweep: env!("CARGO_PKG_VERSION").to_owned(),
             storage: self.storage.to_string(),
+            storage_id,
             started: humantime::format_rfc3339_millis(self.started_at).to_string(),
             started_ms: state::millis(self.started_at),
             cutoff_ms: state::millis(self.mark_options.cutoff),

@@ -41,6 +41,9 @@ pub const REPOSITORIES: &str = "docker/registry/v2/repositories/";
 pub const REGSWEEP: &str = "_regsweep/";
 /// The run lock: at most one regsweep run deletes from a storage at a time.
 pub const RUN_LOCK: &str = "_regsweep/lock";
+/// The storage's own ID, written by the first `regsweep mark`: a state is swept only where the
+/// ID is the one it was made with.
+pub const STORAGE_ID: &str = "_regsweep/id";
 /// Where `registry:NAME` mark states live ([`crate::state`]).
 pub const MARK_STATES: &str = "_regsweep/state/";
 /// Where `--quarantine` runs move what they would have deleted, one directory per run.

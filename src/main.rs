@@ -31,7 +31,7 @@ use regsweep::run_id::RunId;
 use regsweep::scan;
 use regsweep::select::{Policy, Request, SimpleRule, Target};
 use regsweep::shard::Shard;
-use regsweep::state::{Expectations, MarkState, StateLocation};
+use regsweep::state::{self, Expectations, MarkState, StateLocation};
 use regsweep::storage::fault::{HANG_AFTER_DELETES_ENV, HangAfterDeletes};
 use regsweep::storage::{self, Storage, requests::RequestCounter};
 
@@ -370,6 +370,9 @@ async fn collect(
             let state = MarkState::decode(&location.read(&storage).await?, location)?;
             let expect = Expectations {
                 storage: storage.to_string(),
+                storage_id: state::storage_id(&storage, false)
+                    .await
+                    .context("cannot read the storage's ID (_regsweep/id)")?,
                 delete_untagged: args.delete_untagged,
                 min_age: args.min_age,
                 upload_max_age: args.upload_max_age,
@@ -629,7 +632,11 @@ async fn mark(args: MarkArgs, quiet: bool) -> Result<ExitCode> {
     let collection = Collection::prepare(Arc::clone(&storage), options).await;
     reporter.stop().await;
     let collection = collection?;
-    let state = collection.state(&run);
+    let storage_id = state::storage_id(&storage, true)
+        .await
+        .context("cannot write the storage's ID (_regsweep/id)")?
+        .expect("created");
+    let state = collection.state(&run, storage_id);
     let plan = collection.plan();
     let deletions_planned = plan.deletions.len() as u64;
     let bytes_reclaimable = plan.deletions.iter().map(|d| d.bytes).sum();

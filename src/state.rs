@@ -128,6 +128,30 @@ impl std::fmt::Display for StateLocation {
     }
 }
 
+/// The ID of `storage`: the content of `_regsweep/id`, written once with a random run ID when
+/// `create` (by `regsweep mark`) and absent; `None` when it has none and `create` is false.
+pub async fn storage_id(
+    storage: &Arc<dyn Storage>,
+    create: bool,
+) -> Result<Option<String>, StorageError> {
+    if create {
+        let id = crate::run_id::RunId::new(SystemTime::now()).to_string();
+        match storage
+            .put(layout::STORAGE_ID, id.clone().into_bytes(), PutCondition::Absent)
+            .await
+        {
+            Ok(_) => return Ok(Some(id)),
+            Err(StorageError::PreconditionFailed { .. }) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    match storage.get(layout::STORAGE_ID).await {
+        Ok(content) => Ok(Some(String::from_utf8_lossy(&content).trim().to_owned())),
+        Err(StorageError::NotFound { .. }) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 /// What a state says about its mark, as JSON in the file (and in `regsweep mark`'s summary).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StateHeader {
@@ -137,6 +161,8 @@ pub struct StateHeader {
     pub regsweep: String,
     /// The storage it was made from, as regsweep prints it.
     pub storage: String,
+    /// The storage's own ID, the content of `_regsweep/id` ([`storage_id`]).
+    pub storage_id: String,
     /// When the mark started (RFC 3339, for people; `started_ms` is what counts).
     pub started: String,
     /// Milliseconds since the epoch.
@@ -369,6 +395,8 @@ impl Baseline {
 #[derive(Debug, Clone)]
 pub struct Expectations {
     pub storage: String,
+    /// The storage's own ID ([`storage_id`]), when it has one.
+    pub storage_id: Option<String>,
     pub delete_untagged: bool,
     pub min_age: Duration,
     pub upload_max_age: Duration,
@@ -387,11 +415,11 @@ impl MarkState {
         let live: Vec<Digest> = marks.blobs.iter().map(|i| *universe.digest(i)).collect();
         // A universe index's position among the live blobs: both are in digest order.
         let position = |i: u32| {
-            marks
-                .blobs
-                .rank(i)
-                .checked_sub(1)
-                .expect("a repository's marks are among the live blobs") as u32
+            assert!(
+                marks.blobs.contains(i),
+                "a repository's marks are among the live blobs"
+            );
+            (marks.blobs.rank(i) - 1) as u32
         };
         let repositories = inventory
             .repositories
@@ -437,6 +465,33 @@ impl MarkState {
                 location,
                 state: h.storage.clone(),
                 this: expect.storage.clone(),
+            });
+        }
+        // The same name may denote another storage (the same bucket name on another endpoint,
+        // the same path on another host): the ID the storage holds tells.
+        if expect.storage_id.as_deref() != Some(h.storage_id.as_str()) {
+            return Err(StateError::OtherStorage {
+                location,
+                state: format!("{} (storage ID {})", h.storage, h.storage_id),
+                this: format!(
+                    "{} (storage ID {})",
+                    expect.storage,
+                    expect.storage_id.as_deref().unwrap_or("none")
+                ),
+            });
+        }
+        // The cut-offs are what the sweep uses: they must be those the options give.
+        let consistent = |cutoff_ms: u64, age_seconds: u64| {
+            h.started_ms
+                .checked_sub(age_seconds.saturating_mul(1000))
+                .is_some_and(|expected| cutoff_ms <= expected)
+        };
+        if !consistent(h.cutoff_ms, h.min_age_seconds)
+            || !consistent(h.upload_cutoff_ms, h.upload_max_age_seconds)
+        {
+            return Err(StateError::Malformed {
+                location,
+                reason: "its cut-offs are later than its start and options allow".to_owned(),
             });
         }
         let human = |seconds: u64| humantime::format_duration(Duration::from_secs(seconds));
@@ -818,6 +873,7 @@ mod tests {
             run: "20261129T120000Z-abcdef".to_owned(),
             regsweep: "test".to_owned(),
             storage: "file:///registry".to_owned(),
+            storage_id: "20261101T000000Z-0a1b2c".to_owned(),
             started: "2026-11-29T12:00:00.000Z".to_owned(),
             started_ms: millis(t + 2 * HOUR),
             cutoff_ms: millis(t + HOUR),
@@ -976,6 +1032,7 @@ mod tests {
         let (state, _) = state();
         let expect = Expectations {
             storage: "file:///registry".to_owned(),
+            storage_id: Some("20261101T000000Z-0a1b2c".to_owned()),
             delete_untagged: true,
             min_age: HOUR,
             upload_max_age: 2 * HOUR,
@@ -998,6 +1055,11 @@ mod tests {
         );
         refused(&|e| e.now = state.header.started() + 25 * HOUR, "stale");
         refused(&|e| e.now = state.header.started() - HOUR, "in the future");
+        // Cut-offs later than the start and options allow.
+        let mut late = state.clone();
+        late.header.cutoff_ms = late.header.started_ms;
+        let error = late.check(&location(), &expect).unwrap_err().to_string();
+        assert!(error.contains("cut-offs"), "{error}");
         // A little clock skew is no future.
         let mut skewed = expect.clone();
         skewed.now = state.header.started() - Duration::from_secs(60);

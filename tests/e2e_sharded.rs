@@ -429,6 +429,15 @@ fn a_stale_mismatched_foreign_or_corrupt_state_is_refused_and_nothing_is_deleted
         here,
     );
 
+    // The same name, another storage: the storage's own ID differs.
+    let id_path = root.join("_regsweep/id");
+    let id = fs::read_to_string(&id_path).expect("the mark wrote the storage's ID");
+    fs::write(&id_path, "20200101T000000Z-000000").unwrap();
+    refused(&["-m", "--min-age", "0s"], &state, "storage ID", here);
+    fs::remove_file(&id_path).unwrap();
+    refused(&["-m", "--min-age", "0s"], &state, "storage ID none", here);
+    fs::write(&id_path, id).unwrap();
+
     // The same state, with the mark's options, is taken.
     sweep(&[&config], &state, &[]).assert_success();
     assert_exactly_the_live_set(&f.v2_root(), &f.model, true, &kept_uploads(&f.model));
