@@ -23,6 +23,7 @@ use tokio::sync::Mutex;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
+use crate::layout;
 use crate::run_id::RunId;
 use crate::storage::{PutCondition, Storage, StorageError, Version};
 
@@ -125,11 +126,27 @@ fn encode(record: &LockRecord) -> Vec<u8> {
 }
 
 impl RunLock {
-    /// Takes the lock, or says who holds it.
+    /// Takes the lock, or says who holds it — or who holds a lock it excludes: the whole
+    /// registry's lock ([`crate::layout::RUN_LOCK`]: `gc`, `delete`, `prune`, `restore`, `purge`,
+    /// an unsharded `sweep`) and the shards' locks exclude each other; shards do not exclude one
+    /// another. `--force` takes over only the lock itself.
     pub async fn acquire(
         storage: Arc<dyn Storage>,
         options: LockOptions,
     ) -> Result<RunLock, LockError> {
+        let own = options.key.clone();
+        let lock = Self::take(Arc::clone(&storage), options).await?;
+        // Taken first, then checked: of two runs that start at once, at least one sees the other.
+        match excluded_by(&storage, &own).await {
+            Ok(None) => Ok(lock),
+            Ok(Some(error)) | Err(error) => {
+                lock.release().await;
+                Err(error)
+            }
+        }
+    }
+
+    async fn take(storage: Arc<dyn Storage>, options: LockOptions) -> Result<RunLock, LockError> {
         let key = options.key.as_str();
         let now = SystemTime::now();
         let record = LockRecord {
@@ -271,6 +288,44 @@ impl RunLock {
     }
 }
 
+/// A lock held by another run that excludes the lock `own` (see [`RunLock::acquire`]).
+async fn excluded_by(
+    storage: &Arc<dyn Storage>,
+    own: &str,
+) -> Result<Option<LockError>, LockError> {
+    let whole = |key: &str| key == layout::RUN_LOCK;
+    let now = SystemTime::now();
+    for object in storage.list_dir(layout::REGSWEEP).await?.objects {
+        let key = object.key;
+        if key == own || !key.starts_with(layout::RUN_LOCK) || !(whole(own) || whole(&key)) {
+            continue;
+        }
+        let content = match storage.get(&key).await {
+            Ok(content) => content,
+            Err(StorageError::NotFound { .. }) => continue,
+            Err(e) => return Err(e.into()),
+        };
+        let record: LockRecord =
+            serde_json::from_slice(&content).map_err(|e| LockError::Corrupt {
+                key: key.clone(),
+                reason: e.to_string(),
+            })?;
+        let expires = record.expires();
+        if !record.released && expires.is_some_and(|at| at > now) {
+            return Ok(Some(LockError::Held {
+                key,
+                expires: expires.map_or_else(|| "?".to_owned(), rfc3339),
+                run: record.run,
+                owner: record.owner,
+                command: record.command,
+                started: record.started,
+                renewed: record.renewed,
+            }));
+        }
+    }
+    Ok(None)
+}
+
 /// Renews the lease every quarter of it; marks the lock lost when another run took it over, or when
 /// no renewal succeeded for a whole lease.
 async fn renew(
@@ -315,7 +370,6 @@ async fn renew(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::layout;
     use crate::storage::local::LocalStorage;
 
     fn options(force: bool, lease: Duration) -> LockOptions {
@@ -334,6 +388,55 @@ mod tests {
 
     async fn record(storage: &Arc<dyn Storage>) -> LockRecord {
         serde_json::from_slice(&storage.get(layout::RUN_LOCK).await.unwrap()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_whole_registry_lock_and_shard_locks_exclude_each_other_and_shards_do_not() {
+        use crate::shard::Shard;
+        let dir = tempfile::tempdir().unwrap();
+        let storage = storage(dir.path());
+        let hour = Duration::from_secs(3600);
+        let shard = |i| LockOptions {
+            key: layout::run_lock(&Shard::new(i, 4).unwrap()),
+            command: "sweep".to_owned(),
+            ..options(false, hour)
+        };
+        let first = RunLock::acquire(Arc::clone(&storage), shard(0))
+            .await
+            .unwrap();
+        let second = RunLock::acquire(Arc::clone(&storage), shard(1))
+            .await
+            .unwrap();
+        // A gc (or restore, purge…) is refused while a shard sweeps, naming the shard's lock…
+        let err = RunLock::acquire(Arc::clone(&storage), options(false, hour))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("_regsweep/lock-shard-"), "{err}");
+        // … and leaves its own lock released, not held.
+        assert!(record(&storage).await.released);
+        // --force takes over only the lock itself.
+        assert!(
+            RunLock::acquire(Arc::clone(&storage), options(true, hour))
+                .await
+                .is_err()
+        );
+        first.release().await;
+        second.release().await;
+        let gc = RunLock::acquire(Arc::clone(&storage), options(false, hour))
+            .await
+            .unwrap();
+        let err = RunLock::acquire(Arc::clone(&storage), shard(2))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("holds the lock _regsweep/lock:"), "{err}");
+        gc.release().await;
+        RunLock::acquire(Arc::clone(&storage), shard(2))
+            .await
+            .unwrap()
+            .release()
+            .await;
     }
 
     #[tokio::test]

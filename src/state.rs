@@ -137,7 +137,11 @@ pub async fn storage_id(
     if create {
         let id = crate::run_id::RunId::new(SystemTime::now()).to_string();
         match storage
-            .put(layout::STORAGE_ID, id.clone().into_bytes(), PutCondition::Absent)
+            .put(
+                layout::STORAGE_ID,
+                id.clone().into_bytes(),
+                PutCondition::Absent,
+            )
             .await
         {
             Ok(_) => return Ok(Some(id)),
@@ -964,7 +968,10 @@ mod tests {
             digest: d(6),
             modified: state.header.cutoff() + Duration::from_secs(1),
         };
-        assert_eq!(changed(&|r| r.layer_links.push(young.clone())), Known::Changed);
+        assert_eq!(
+            changed(&|r| r.layer_links.push(young.clone())),
+            Known::Changed
+        );
         // What went since (a sweep that was interrupted, an API delete) changes nothing.
         assert_eq!(
             changed(&|r| {
