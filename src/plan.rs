@@ -681,6 +681,35 @@ mod tests {
     }
 
     #[test]
+    fn every_deletion_has_the_owner_a_shard_splits_by() {
+        let (inventory, plan) = simple().run(true).unwrap();
+        for deletion in &plan.deletions {
+            let key = deletion.keys(&inventory).remove(0);
+            let expected = match deletion.target {
+                Target::Blob(index) => {
+                    Owner::BlobShard(inventory.blobs.digest(index).as_bytes()[0])
+                }
+                _ => Owner::Repository("app"),
+            };
+            assert_eq!(deletion.owner(&inventory), expected, "{key}");
+        }
+        let keys = |key: &str| Deletion {
+            phase: Phase::EmptyDirectories,
+            kind: Kind::EmptyDirectory,
+            target: Target::Keys(vec![key.to_owned()]),
+            bytes: 0,
+        };
+        let deletion = keys("docker/registry/v2/blobs/sha256/ab/");
+        assert_eq!(deletion.owner(&inventory), Owner::BlobShard(0xab));
+        let deletion = keys(&format!("{}ab/{}/", layout::SHA256_BLOBS, d(0xab).hex()));
+        assert_eq!(deletion.owner(&inventory), Owner::BlobShard(0xab));
+        let deletion = keys("docker/registry/v2/repositories/team/app/_uploads/");
+        assert_eq!(deletion.owner(&inventory), Owner::Repository("team/app"));
+        let deletion = keys("docker/registry/v2/repositories/");
+        assert_eq!(deletion.owner(&inventory), Owner::Registry);
+    }
+
+    #[test]
     fn without_delete_untagged_every_revision_is_a_root() {
         let (inventory, plan) = simple().run(false).unwrap();
         assert_eq!(deleted_blobs(&inventory, &plan), BTreeSet::from([d(9)]));

@@ -114,12 +114,14 @@ fn mark_then_every_shard(mark: &[String], sweep: &[String], variable: &str, shar
         state,
         "the sweep reads another state"
     );
-    for flag in ["--delete-untagged", "--min-age", "--upload-max-age"] {
-        let value = |args: &[String]| {
-            args.iter()
-                .position(|a| a == flag)
-                .map(|at| args.get(at + 1).cloned())
-        };
+    let has = |args: &[String], flag: &str| args.iter().any(|a| a == flag);
+    assert_eq!(
+        has(mark, "--delete-untagged"),
+        has(sweep, "--delete-untagged"),
+        "--delete-untagged differs between mark and sweep"
+    );
+    for flag in ["--min-age", "--upload-max-age"] {
+        let value = |args: &[String]| has(args, flag).then(|| after(args, flag).to_owned());
         assert_eq!(
             value(mark),
             value(sweep),

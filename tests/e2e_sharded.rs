@@ -11,6 +11,8 @@ use std::fs;
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
+use regsweep::layout;
+use regsweep::shard::Shard;
 use support::hostile::copy_tree;
 use support::run::{Background, RunOutput, field_u64};
 use support::s3::MotoServer;
@@ -135,6 +137,7 @@ fn four_shards_of_one_mark_leave_exactly_what_one_gc_leaves_and_every_tag_pulls(
     );
 
     let mut total = [0u64; WORK.len()];
+    let mut repositories_swept = BTreeSet::new();
     for i in 0..4 {
         let shard = format!("{i}/4");
         let plan = f.dir().join(format!("plan-{i}.jsonl"));
@@ -150,13 +153,29 @@ fn four_shards_of_one_mark_leave_exactly_what_one_gc_leaves_and_every_tag_pulls(
         for (sum, field) in total.iter_mut().zip(WORK) {
             *sum += field_u64(&summary, field, &run);
         }
-        // A shard deletes only its own blobs.
+        // A shard deletes only its own blobs, and only in its own repositories.
         let bytes = planned_blob_bytes(&plan);
         assert!(
             bytes.iter().all(|b| u32::from(*b) % 4 == i),
             "shard {shard} planned blobs of other shards: {bytes:?}"
         );
+        let own = Shard::new(u64::from(i), 4).unwrap();
+        let entries = read_plan(&plan);
+        for entry in &entries {
+            if let Some(name) = layout::parse_repository_key(&entry.key).repository {
+                assert!(
+                    own.owns_repository(name),
+                    "shard {shard} planned {}",
+                    entry.key
+                );
+                repositories_swept.insert(name.to_owned());
+            }
+        }
     }
+    assert!(
+        repositories_swept.len() > 4,
+        "too few repositories swept to tell the shards apart: {repositories_swept:?}"
+    );
     let single_summary = gc.json();
     for (sum, field) in total.iter().zip(WORK) {
         assert_eq!(
@@ -267,29 +286,61 @@ fn what_is_pushed_between_the_mark_and_the_sweep_survives_the_sweep() {
     let marked = regsweep(&["mark", &config, "--state", &state, "-m"]);
     marked.assert_success();
 
-    // Garbage layers at the mark, pushed again (the registry keeps their old files and only links
-    // them) in a repository the mark knew and in a new one.
-    let garbage: Vec<String> = f
+    let blob_file = |digest: &str| {
+        let hex = digest.trim_start_matches("sha256:");
+        v2.join(format!("blobs/sha256/{}/{hex}/data", &hex[..2]))
+    };
+    let link_file = |repo: &str, digest: &str| {
+        let hex = digest.trim_start_matches("sha256:");
+        v2.join(format!("repositories/{repo}/_layers/sha256/{hex}/link"))
+    };
+    // Garbage at the mark: plain blobs, one of which a repository still links (an API-deleted
+    // image leaves its layer links), and an untagged image manifest.
+    let garbage = f.model.expected_garbage_blobs(true);
+    let (linked_repo, linked) = f
         .model
-        .expected_garbage_blobs(true)
-        .into_iter()
-        .filter(|d| f.model.blobs.contains_key(d))
+        .blob_links
+        .iter()
+        .flat_map(|(repo, blobs)| blobs.iter().map(move |b| (repo.clone(), b.clone())))
+        .find(|(repo, b)| garbage.contains(b) && link_file(repo, b).is_file())
+        .expect("a garbage blob that a repository still links");
+    let plain: Vec<String> = garbage
+        .iter()
+        .filter(|d| f.model.blobs.contains_key(*d) && **d != linked)
         .take(2)
+        .cloned()
         .collect();
-    assert_eq!(garbage.len(), 2, "the workload has too little garbage");
+    assert_eq!(plain.len(), 2, "the workload has too little garbage");
+    let untagged = f.model.present_revisions();
+    let kept = f.model.expected_revisions(true);
+    let (revived_repo, revived) = untagged
+        .iter()
+        .flat_map(|(repo, revisions)| revisions.iter().map(move |m| (repo.clone(), m.clone())))
+        .find(|(repo, m)| {
+            !kept.get(repo).is_some_and(|k| k.contains(m))
+                && f.model.manifests[m].children.is_empty()
+                && f.model.manifests[m]
+                    .layers
+                    .iter()
+                    .all(|l| garbage.contains(l))
+        })
+        .expect("an untagged image whose layers are all garbage");
     let existing = f.model.repos.iter().next().unwrap().clone();
     let client = f.registry.client();
     let mut w = Workload::new(&client, None, "pushed between mark and sweep");
-    // A tagged image, and an untagged one (as a multi-arch push writes its children before the
-    // index): under -m only a repository written since the mark keeps the latter.
     let mut pushed = Vec::new();
+    // Garbage layers pushed again (the registry keeps their old files and only links them): in a
+    // tagged image of a repository the mark knew, and in an untagged one of a new repository (as
+    // a multi-arch push writes its children before the index: under -m only a repository
+    // written since the mark keeps it).
     for (repo, digest, reference) in [
-        (existing.as_str(), &garbage[0], Ref::Tag("late")),
-        ("after/mark", &garbage[1], Ref::Digest),
+        (existing.as_str(), &plain[0], Ref::Tag("late")),
+        ("after/mark", &plain[1], Ref::Digest),
     ] {
-        let hex = digest.trim_start_matches("sha256:");
-        let bytes = fs::read(v2.join(format!("blobs/sha256/{}/{hex}/data", &hex[..2]))).unwrap();
-        assert_eq!(&w.upload(repo, bytes), digest);
+        assert_eq!(
+            &w.upload(repo, fs::read(blob_file(digest)).unwrap()),
+            digest
+        );
         let layers = vec![digest.clone(), w.layer(repo)];
         let image = w.image(
             repo,
@@ -301,6 +352,25 @@ fn what_is_pushed_between_the_mark_and_the_sweep_survives_the_sweep() {
         );
         pushed.push((repo.to_owned(), image.digest, layers));
     }
+    // A layer the repository still links, used again without an upload (the client finds it
+    // there): nothing but the new manifest says it is live.
+    let reused = w.already_linked(&linked_repo, fs::read(blob_file(&linked)).unwrap());
+    let image = w.image(
+        &linked_repo,
+        Format::Oci,
+        std::slice::from_ref(&reused),
+        "amd64",
+        Ref::Tag("reused"),
+        "after the mark, through an old link",
+    );
+    pushed.push((linked_repo.clone(), image.digest, vec![reused]));
+    // An untagged image tagged again, as it is (its bytes pushed under a new tag).
+    let info = &f.model.manifests[&revived];
+    let bytes = fs::read(blob_file(&revived)).unwrap();
+    client.put_manifest(&revived_repo, "revived", &info.media_type, &bytes);
+    let mut revived_blobs = info.layers.clone();
+    revived_blobs.extend(info.config.clone());
+    pushed.push((revived_repo.clone(), revived.clone(), revived_blobs));
 
     let mut deleted = 0;
     for i in 0..3 {
@@ -312,18 +382,19 @@ fn what_is_pushed_between_the_mark_and_the_sweep_survives_the_sweep() {
         deleted += field_u64(&run.json(), "blobs_deleted", &run);
     }
     assert!(deleted > 0, "the sweeps deleted nothing");
-    for digest in &garbage {
-        let hex = digest.trim_start_matches("sha256:");
-        assert!(
-            v2.join(format!("blobs/sha256/{}/{hex}/data", &hex[..2]))
-                .is_file(),
-            "{digest}, pushed again after the mark, was deleted"
-        );
+    for (repo, manifest, blobs) in &pushed {
+        for digest in blobs.iter().chain([manifest]) {
+            assert!(
+                blob_file(digest).is_file(),
+                "{repo}@{manifest}: {digest}, live again since the mark, was deleted"
+            );
+        }
     }
     f.registry.restart();
     verify_pulls(&f.client, &f.model).assert_ok("pull every tag of the mark");
     let client = f.registry.client();
     verify_pulls(&client, &w.model).assert_ok("pull every tag pushed after the mark");
+    assert_eq!(client.get_manifest(&revived_repo, "revived").status, 200);
     for (repo, manifest, layers) in &pushed {
         let status = client.get_manifest(repo, manifest).status;
         assert_eq!(status, 200, "{repo}@{manifest}");
@@ -333,6 +404,44 @@ fn what_is_pushed_between_the_mark_and_the_sweep_survives_the_sweep() {
                 .unwrap_or_else(|e| panic!("{repo}@{manifest}: layer {layer}: {e}"));
         }
     }
+}
+
+#[test]
+fn an_image_restored_with_its_old_times_between_the_mark_and_the_sweep_survives() {
+    let mut f = Fixture::build();
+    f.registry.stop();
+    let config = config(&f);
+    let (repo, tags) = f.model.surviving_tags().into_iter().next().unwrap();
+    let tag = tags.keys().next().unwrap().clone();
+    // Quarantined (on a filesystem, moved: the objects keep their times) before the mark…
+    let target = format!("{repo}:{tag}");
+    let delete = regsweep(&[
+        "delete",
+        &config,
+        &target,
+        "--quarantine",
+        "-m",
+        "--min-age",
+        "0s",
+        "--format",
+        "json",
+    ]);
+    delete.assert_success();
+    assert_eq!(field_u64(&delete.json(), "tags_removed", &delete), 1);
+    let state = f.dir().join("mark.state");
+    let state = state.to_string_lossy().into_owned();
+    mark(&[&config], &state);
+    // … and put back after it, as it was: nothing in it is younger than the cut-off.
+    regsweep(&["restore", &config, "--format", "json"]).assert_success();
+    let run = sweep(&[&config], &state, &[]);
+    run.assert_success();
+    assert!(
+        field_u64(&run.json(), "blobs_deleted", &run) > 0,
+        "{}",
+        run.describe()
+    );
+    f.registry.restart();
+    verify_pulls(&f.client, &f.model).assert_ok(&format!("pull every tag, {target} included"));
 }
 
 #[test]

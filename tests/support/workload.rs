@@ -87,6 +87,21 @@ impl<'a> Workload<'a> {
         digest
     }
 
+    /// A blob `repo` already links (a client that finds it there uploads nothing): recorded, not
+    /// pushed.
+    pub fn already_linked(&mut self, repo: &str, bytes: Vec<u8>) -> String {
+        self.repo(repo);
+        let digest = digest_of(&bytes);
+        self.model.blobs.insert(digest.clone(), bytes.len() as u64);
+        self.model
+            .blob_links
+            .entry(repo.to_owned())
+            .or_default()
+            .insert(digest.clone());
+        self.bytes.insert(digest.clone(), bytes);
+        digest
+    }
+
     /// A new random layer (300 B … 64 KiB) uploaded into `repo`.
     pub fn layer(&mut self, repo: &str) -> String {
         let bytes = self.content.next_bytes(LAYER_MIN, LAYER_MAX);
