@@ -153,6 +153,11 @@ pub struct MarkArgs {
     #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
     pub format: OutputFormat,
 
+    /// Write the summary's counters to FILE as Prometheus gauges (as gc does), also when the mark
+    /// is refused; while it lasts, its progress.
+    #[arg(long, value_name = "FILE")]
+    pub metrics_file: Option<PathBuf>,
+
     /// How often the mark reports its progress: a log line (a progress bar on a terminal).
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
     pub progress_interval: Duration,

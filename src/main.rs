@@ -607,6 +607,15 @@ async fn report(args: ReportArgs) -> Result<ExitCode> {
 
 /// `regsweep mark`: scan, mark, and write the state; nothing is deleted, no lock is taken.
 async fn mark(args: MarkArgs, quiet: bool) -> Result<ExitCode> {
+    let mut run = run_mark(&args, quiet).await;
+    if let Some(path) = &args.metrics_file {
+        write_metrics(path, "mark", true, &mut run);
+    }
+    let summary = run?;
+    finish(&summary, summary.errors, args.format, quiet)
+}
+
+async fn run_mark(args: &MarkArgs, quiet: bool) -> Result<MarkSummary> {
     let counter = RequestCounter::default();
     let storage = open_location(&args.location, &counter)?;
     scan::check_registry(&storage).await?;
@@ -624,7 +633,7 @@ async fn mark(args: MarkArgs, quiet: bool) -> Result<ExitCode> {
     let reporting = Reporting {
         interval: args.progress_interval,
         bar: progress_bar(quiet),
-        metrics_file: None,
+        metrics_file: args.metrics_file.clone(),
         command: "mark".to_owned(),
         dry_run: true,
     };
@@ -656,6 +665,7 @@ async fn mark(args: MarkArgs, quiet: bool) -> Result<ExitCode> {
         warnings,
         requests: counter.snapshot(),
         duration_seconds: started.elapsed().as_secs_f64(),
+        ..MarkSummary::default()
     };
-    finish(&summary, 0, args.format, quiet)
+    Ok(summary)
 }

@@ -24,7 +24,7 @@ use serde::Serialize;
 use crate::plan::Phase;
 use crate::progress::Snapshot;
 use crate::quarantine::{PurgeSummary, RestoreSummary};
-use crate::report::Summary;
+use crate::report::{MarkSummary, Summary};
 use crate::storage::requests::Requests;
 
 /// A summary that can be exported: its numeric fields (with their help text, in the order they
@@ -97,6 +97,57 @@ exported!(
         DURATION,
     ]
 );
+
+/// `regsweep mark` deletes nothing: its samples are labelled `dry_run="true"`.
+impl Exported for MarkSummary {
+    const FIELDS: &'static [(&'static str, &'static str)] = &[
+        (
+            "started_ms",
+            "When the mark started, in milliseconds since the epoch.",
+        ),
+        (
+            "cutoff_ms",
+            "The mark's cut-off (--min-age before its start), in milliseconds since the epoch.",
+        ),
+        (
+            "upload_cutoff_ms",
+            "The mark's upload cut-off (--upload-max-age before its start), in milliseconds.",
+        ),
+        ("min_age_seconds", "The mark's --min-age."),
+        ("upload_max_age_seconds", "The mark's --upload-max-age."),
+        ("blobs", "Blobs the mark listed."),
+        ("bytes", "Bytes of the blobs the mark listed."),
+        ("live_blobs", "Blobs live at the mark."),
+        ("repositories", "Repositories the mark listed."),
+        ("state_bytes", "Size of the mark state written."),
+        (
+            "deletions_planned",
+            "What a sweep of every shard would delete at the mark.",
+        ),
+        (
+            "bytes_reclaimable",
+            "Content bytes a sweep of every shard would free at the mark.",
+        ),
+        ERRORS,
+        DURATION,
+    ];
+    fn dry_run(&self) -> bool {
+        true
+    }
+    fn errors(&self) -> u64 {
+        self.errors
+    }
+    fn warnings(&self) -> usize {
+        self.warnings.len()
+    }
+    fn requests(&self) -> &Requests {
+        &self.requests
+    }
+    fn add_error(&mut self, message: String) {
+        self.errors += 1;
+        self.error_messages.push(message);
+    }
+}
 
 const ERRORS: (&str, &str) = ("errors", "Errors (0 when the run went well).");
 const DURATION: (&str, &str) = ("duration_seconds", "Duration of the run.");
@@ -407,6 +458,7 @@ mod tests {
     fn every_numeric_summary_field_is_a_gauge() {
         exports_every_number::<Summary>();
         exports_every_number::<RestoreSummary>();
+        exports_every_number::<MarkSummary>();
         exports_every_number::<PurgeSummary>();
         let restore = RestoreSummary {
             objects_restored: 3,

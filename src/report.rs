@@ -280,7 +280,7 @@ impl fmt::Display for Summary {
 }
 
 /// What `regsweep mark` prints: the state it wrote.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Default, Serialize)]
 pub struct MarkSummary {
     /// Where the state went (`registry:NAME` or a path).
     pub state: String,
@@ -293,6 +293,9 @@ pub struct MarkSummary {
     pub deletions_planned: u64,
     pub bytes_reclaimable: u64,
     pub warnings: Vec<String>,
+    /// Errors after the state was written (the metrics file); a mark that fails writes no summary.
+    pub errors: u64,
+    pub error_messages: Vec<String>,
     pub requests: Requests,
     pub duration_seconds: f64,
 }
@@ -325,6 +328,9 @@ impl fmt::Display for MarkSummary {
         )?;
         for warning in &self.warnings {
             writeln!(f, "warning: {warning}")?;
+        }
+        for error in &self.error_messages {
+            writeln!(f, "error: {error}")?;
         }
         write!(f, "took {:.1}s", self.duration_seconds)
     }

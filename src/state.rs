@@ -157,7 +157,7 @@ pub async fn storage_id(
 }
 
 /// What a state says about its mark, as JSON in the file (and in `regsweep mark`'s summary).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StateHeader {
     /// The mark's run ID.
     pub run: String,

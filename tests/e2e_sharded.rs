@@ -119,8 +119,20 @@ fn four_shards_of_one_mark_leave_exactly_what_one_gc_leaves_and_every_tag_pulls(
     gc.assert_success();
 
     let config = config(&f);
-    let marked = mark(&[&config], "registry:nightly");
+    let metrics = f.dir().join("mark.prom");
+    let metrics_arg = metrics.to_string_lossy().into_owned();
+    let marked = mark(
+        &[&config, "--metrics-file", &metrics_arg],
+        "registry:nightly",
+    );
     let header = marked.json();
+    let exposition = fs::read_to_string(&metrics).unwrap();
+    let gauge = format!(
+        "regsweep_live_blobs{{command=\"mark\",dry_run=\"true\"}} {}",
+        header["live_blobs"]
+    );
+    assert!(exposition.contains(&gauge), "{gauge} not in:\n{exposition}");
+    assert!(exposition.contains("regsweep_last_run_success{command=\"mark\",dry_run=\"true\"} 1"));
     assert_eq!(
         field_u64(&header, "blobs", &marked),
         f.model.all_blobs().len() as u64
