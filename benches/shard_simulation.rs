@@ -110,6 +110,7 @@ fn child(step: &[String], blobs: u32, created: SystemTime, state: &Path, deleted
                 let shard = Shard::new(step[1].parse().unwrap(), step[2].parse().unwrap()).unwrap();
                 let read = location.read(&storage).await.expect("read the state");
                 let state = MarkState::decode(&read, &location).expect("a sound state");
+                drop(read); // as `regsweep sweep` does
                 let expect = Expectations {
                     storage: storage.to_string(),
                     storage_id: Some(ID.to_owned()),
@@ -121,10 +122,9 @@ fn child(step: &[String], blobs: u32, created: SystemTime, state: &Path, deleted
                 };
                 state.check(&location, &expect).expect("a state to sweep");
                 let collection =
-                    Collection::prepare_sweep(Arc::clone(&storage), options(), &state, shard)
+                    Collection::prepare_sweep(Arc::clone(&storage), options(), state, shard)
                         .await
                         .expect("the shard sweeps");
-                drop(state);
                 Some(collection.run(halt, &Progress::default()).await)
             }
             other => panic!("unknown step {other}"),

@@ -244,16 +244,17 @@ impl Collection {
     /// the shard's blobs and repositories, with the state's grace cut-offs. Repositories written
     /// since the mark ([`remark::busy_since_mark`]) are left as they are, and whatever they reach
     /// is kept ([`remark::since_mark`]). Reads only; `state` must have passed
-    /// [`MarkState::check`](crate::state::MarkState::check).
+    /// [`MarkState::check`](crate::state::MarkState::check), and is dropped as soon as its marks
+    /// are in the inventory.
     pub async fn prepare_sweep(
         storage: Arc<dyn Storage>,
         options: GcOptions,
-        state: &MarkState,
+        state: MarkState,
         shard: Shard,
     ) -> Result<Collection, GcError> {
         let started = Instant::now();
         let concurrency = options.concurrency.max(1);
-        let header = &state.header;
+        let header = state.header.clone();
         let cutoff = header.cutoff();
         info!(storage = %storage, %shard, mark = header.run, "scanning");
         let mut inventory = scan::scan_shard(&storage, concurrency, &shard, cutoff).await?;
@@ -286,6 +287,8 @@ impl Collection {
         .await
         .map_err(ScanError::from)?;
         let applied = state.apply(&mut inventory);
+        // The live blobs are in the universe now: the state's own copy goes.
+        drop(state);
         let busy_repositories: Vec<&Repository> = inventory
             .repositories
             .iter()

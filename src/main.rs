@@ -381,7 +381,7 @@ async fn collect(
             };
             state.check(location, &expect)?;
             swept = Some((state.header.run.clone(), shard.to_string()));
-            Collection::prepare_sweep(storage, options, &state, *shard).await?
+            Collection::prepare_sweep(storage, options, state, *shard).await?
         }
     };
 

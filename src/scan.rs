@@ -62,6 +62,16 @@ pub struct BlobUniverseBuilder {
 }
 
 impl BlobUniverseBuilder {
+    /// A builder with room for `blobs` blobs (no growth, and no slack, when the count is known).
+    pub fn with_capacity(blobs: usize) -> BlobUniverseBuilder {
+        BlobUniverseBuilder {
+            universe: BlobUniverse {
+                entries: Vec::with_capacity(blobs),
+                large: HashMap::new(),
+            },
+        }
+    }
+
     pub fn push(&mut self, digest: Digest, size: u64, modified: SystemTime) {
         let size = match u32::try_from(size) {
             Ok(size) if size != LARGE => size,
