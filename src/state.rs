@@ -559,7 +559,11 @@ impl MarkState {
     /// universe, as never-deletable entries, and gives the state's marks over that universe.
     pub fn apply(&self, inventory: &mut Inventory) -> Applied {
         let listed = std::mem::take(&mut inventory.blobs);
-        let unlisted_count = self.live.iter().filter(|d| listed.index(d).is_none()).count();
+        let unlisted_count = self
+            .live
+            .iter()
+            .filter(|d| listed.index(d).is_none())
+            .count();
         // Reserved exactly: a growing vector of millions of entries would double at the worst time.
         let mut universe = BlobUniverseBuilder::with_capacity(listed.len() + unlisted_count);
         for i in 0..listed.len() as u32 {
