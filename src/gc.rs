@@ -4,7 +4,7 @@
 //! and what it plans can be inspected ([`Collection::plan_entries`]) before [`Collection::run`]
 //! carries it out.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant, SystemTime};
@@ -15,6 +15,8 @@ use thiserror::Error;
 use tracing::info;
 
 use crate::absence::{self, AbsenceError};
+use crate::digest::Digest;
+use crate::manifest::ManifestRefs;
 use crate::mark::{self, ManifestCatalog, MarkError, MarkOptions, MarkSet};
 use crate::plan::{self, Kind, Owner, Phase, PlanOptions, Reprieve, SweepPlan};
 use crate::progress::Progress;
@@ -99,6 +101,9 @@ struct FromState {
     /// The live blobs of other shards added to the universe (not listed, never deleted, not
     /// counted).
     unlisted_blobs: usize,
+    /// Manifests read for what busy repositories reach, by digest: the re-mark does not read them
+    /// again (a manifest's content is its digest's).
+    read_since: HashMap<Digest, Option<ManifestRefs>>,
 }
 
 /// Drops every deletion in a repository `reprieve` names (written since the mark: left as it is)
@@ -268,10 +273,25 @@ impl Collection {
             remark::busy_since_mark(&storage, &baseline, &inventory.repositories, concurrency)
                 .await
                 .map_err(ScanError::from)?;
-        let busy: HashSet<String> = busy
+        let mut busy: HashSet<String> = busy
             .into_iter()
             .map(|r| inventory.repositories[r].name.clone())
             .collect();
+        // A tag link of its own that cannot be read now (written while it was read, corrupt): the
+        // closure of a busy repository refuses the run on it, as gc's mark does, rather than the
+        // plan taking the tag for broken.
+        busy.extend(
+            inventory
+                .repositories
+                .iter()
+                .filter(|r| {
+                    shard.owns_repository(&r.name)
+                        && r.tags
+                            .iter()
+                            .any(|t| t.current.as_ref().is_some_and(|c| c.target.is_err()))
+                })
+                .map(|r| r.name.clone()),
+        );
         // Of the other shards' repositories, only the busy ones matter here (for what they reach);
         // their tag links are read now.
         inventory
@@ -281,7 +301,7 @@ impl Collection {
             &storage,
             &mut inventory.repositories,
             &|r| !shard.owns_repository(&r.name),
-            &HashSet::new(),
+            &inventory.oversize_tag_links,
             concurrency,
         )
         .await
@@ -294,12 +314,14 @@ impl Collection {
             .iter()
             .filter(|r| busy.contains(&r.name))
             .collect();
+        let mut read_since = HashMap::new();
         let reprieve = remark::since_mark(
             &storage,
             &inventory,
             &applied.live_manifests,
             &busy_repositories,
             cutoff,
+            &mut read_since,
         )
         .await?;
         let mark_options = MarkOptions {
@@ -339,6 +361,7 @@ impl Collection {
                 baseline,
                 live_manifests: applied.live_manifests,
                 unlisted_blobs: applied.unlisted,
+                read_since,
             }),
         })
     }
@@ -363,7 +386,7 @@ impl Collection {
             live_blobs: 0,
             repositories: 0,
         };
-        MarkState::new(header, &self.inventory, &self.marks)
+        MarkState::new(header, &self.inventory, &self.catalog, &self.marks)
     }
 
     /// What the scan found.
@@ -552,7 +575,7 @@ impl Collection {
     /// cut-off, or changes the facts the state recorded, so this needs no comparison with the
     /// sweep's own scan.
     async fn remark_since_mark(&mut self) -> Result<usize, remark::RemarkError> {
-        let from = self.from_state.as_ref().expect("a sweep from a mark state");
+        let from = self.from_state.as_mut().expect("a sweep from a mark state");
         let concurrency = self.options.concurrency.max(1);
         let cutoff = from.baseline.cutoff();
         let (mut repos, oversize) =
@@ -576,6 +599,7 @@ impl Collection {
             &from.live_manifests,
             &busy_repositories,
             cutoff,
+            &mut from.read_since,
         )
         .await?;
         let spared = spare_busy(&mut self.plan, &self.inventory, &reprieve);

@@ -300,27 +300,46 @@ async fn excluded_by(
         if key == own || !key.starts_with(layout::RUN_LOCK) || !(whole(own) || whole(&key)) {
             continue;
         }
-        let content = match storage.get(&key).await {
-            Ok(content) => content,
+        let (content, version) = match storage.get_versioned(&key).await {
+            Ok(found) => found,
             Err(StorageError::NotFound { .. }) => continue,
             Err(e) => return Err(e.into()),
         };
-        let record: LockRecord =
+        let mut record: LockRecord =
             serde_json::from_slice(&content).map_err(|e| LockError::Corrupt {
                 key: key.clone(),
                 reason: e.to_string(),
             })?;
+        if record.released {
+            continue;
+        }
         let expires = record.expires();
-        if !record.released && expires.is_some_and(|at| at > now) {
-            return Ok(Some(LockError::Held {
+        let held = LockError::Held {
+            key: key.clone(),
+            expires: expires.map_or_else(|| "?".to_owned(), rfc3339),
+            run: record.run.clone(),
+            owner: record.owner.clone(),
+            command: record.command.clone(),
+            started: record.started.clone(),
+            renewed: record.renewed.clone(),
+        };
+        if expires.is_some_and(|at| at > now) {
+            return Ok(Some(held));
+        }
+        // Its lease ran out, but its holder may still be running: marked released, so that the
+        // holder's next renewal fails and it stops deleting. Renewed in between: it is alive.
+        record.released = true;
+        match storage
+            .put(&key, encode(&record), PutCondition::Matches(version))
+            .await
+        {
+            Ok(_) => warn!(
                 key,
-                expires: expires.map_or_else(|| "?".to_owned(), rfc3339),
-                run: record.run,
-                owner: record.owner,
-                command: record.command,
-                started: record.started,
-                renewed: record.renewed,
-            }));
+                run = record.run,
+                "released the expired lock of a run that excludes this one"
+            ),
+            Err(StorageError::PreconditionFailed { .. }) => return Ok(Some(held)),
+            Err(e) => return Err(e.into()),
         }
     }
     Ok(None)
@@ -494,6 +513,33 @@ mod tests {
             "the loser must not release"
         );
         forcer.release().await;
+    }
+
+    #[tokio::test]
+    async fn an_expired_lock_of_the_other_kind_is_released_so_that_its_holder_stops() {
+        use crate::shard::Shard;
+        let dir = tempfile::tempdir().unwrap();
+        let storage = storage(dir.path());
+        let key = layout::run_lock(&Shard::new(1, 4).unwrap());
+        let mut stale = record_for("stalled", Duration::from_secs(60));
+        stale.renewed = rfc3339(SystemTime::now() - Duration::from_secs(120));
+        storage
+            .put(&key, encode(&stale), PutCondition::Overwrite)
+            .await
+            .unwrap();
+        let gc = RunLock::acquire(
+            Arc::clone(&storage),
+            options(false, Duration::from_secs(3600)),
+        )
+        .await
+        .unwrap();
+        let shard: LockRecord = serde_json::from_slice(&storage.get(&key).await.unwrap()).unwrap();
+        assert!(
+            shard.released,
+            "a renewal by the stalled shard would still succeed"
+        );
+        assert_eq!(shard.run, stale.run);
+        gc.release().await;
     }
 
     #[tokio::test]

@@ -171,6 +171,11 @@ impl ManifestCatalog {
         }))
     }
 
+    /// The whole references of manifest `index`, when some of them are not in storage.
+    pub fn incomplete_of(&self, index: u32) -> Option<&ManifestRefs> {
+        self.incomplete.get(&index)
+    }
+
     /// The whole references of the manifests that reference blobs not in storage.
     pub fn incomplete(&self) -> impl Iterator<Item = (u32, &ManifestRefs)> {
         self.incomplete.iter().map(|(&index, refs)| (index, refs))

@@ -136,8 +136,9 @@ pub async fn remark_released(
 }
 
 /// For a sweep from a mark state ([`crate::state`]): the indices of the repositories of `repos`
-/// that were written since the mark ([`Known`]) — new, changed, or with a tag that was broken at
-/// the mark and whose manifest is stored again (looked up with one HEAD each).
+/// that were written since the mark ([`Known`]) — new, changed, or naming something the mark did
+/// not list that is stored now (a repaired broken tag, a layer committed during the mark, a child
+/// put back; looked up with one HEAD each).
 pub async fn busy_since_mark(
     storage: &Arc<dyn Storage>,
     baseline: &Baseline,
@@ -149,7 +150,7 @@ pub async fn busy_since_mark(
     for (r, repo) in repos.iter().enumerate() {
         match baseline.known(repo) {
             Known::New | Known::Changed => busy.push(r),
-            Known::Unchanged { broken } => lookups.extend(broken.iter().map(|d| (r, *d))),
+            Known::Unchanged { unlisted } => lookups.extend(unlisted.iter().map(|d| (r, *d))),
         }
     }
     let mut found = stream::iter(lookups.into_iter().map(|(r, digest)| async move {
@@ -173,17 +174,17 @@ pub async fn busy_since_mark(
 /// Every revision, tag, tag index entry and young layer link of theirs is a root, whatever the
 /// options: referrers are revisions too, so they are reached. Manifests live in any repository at
 /// the mark (`live_manifests`, by index in `inventory`'s universe) are not read: what they
-/// reference is live.
+/// reference is live. Manifests read are kept in `read_since` for the next call.
 pub async fn since_mark(
     storage: &Arc<dyn Storage>,
     inventory: &Inventory,
     live_manifests: &RoaringBitmap,
     busy: &[&Repository],
     cutoff: SystemTime,
+    read_since: &mut HashMap<Digest, Option<ManifestRefs>>,
 ) -> Result<Reprieve, RemarkError> {
     let catalog = ManifestCatalog::default();
     let mut reprieve = Reprieve::default();
-    let mut read_since = HashMap::new();
     for repo in busy {
         reprieve.repositories.insert(repo.name.clone());
         // A young layer link is an upload (or a mount) whose manifest may come next.
@@ -216,7 +217,7 @@ pub async fn since_mark(
             catalog: &catalog,
             live: &|i| live_manifests.contains(i),
             repository: &repo.name,
-            read_since: &mut read_since,
+            read_since,
             reprieve: &mut reprieve,
         };
         closure.mark(roots, HashMap::new()).await?;
@@ -514,6 +515,55 @@ mod tests {
         let other = blob(root, br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:0000000000000000000000000000000000000000000000000000000000000000","size":1},"layers":[]}"#);
         push(root, "live", "v1", &other, &[]);
         (config, layer, manifest)
+    }
+
+    #[tokio::test]
+    async fn a_broken_tag_whose_manifest_is_stored_again_makes_its_repository_busy() {
+        use crate::state::{self, MarkState, StateHeader};
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let (config, layer, _) = registry(root);
+        // `app:v1` names a manifest that is not stored (a broken tag) at the mark.
+        let missing = format!(
+            r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{config}","size":1}},"layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"{layer}","size":1}}],"annotations":{{"x":"gone"}}}}"#
+        );
+        let manifest = {
+            use sha2::Digest as _;
+            Digest::parse(&format!("sha256:{:x}", sha2::Sha256::digest(&missing))).unwrap()
+        };
+        link(root, &layout::tag_current_link("app", "v1"), &manifest);
+        let storage: Arc<dyn Storage> =
+            Arc::new(LocalStorage::open(root, &Default::default()).unwrap());
+        let inventory = scan(&storage, 4).await.unwrap();
+        let catalog = mark::load_manifests(&storage, &inventory, 4).await;
+        // Everything written so far counts as old.
+        let cutoff = SystemTime::now() + Duration::from_secs(3600);
+        let options = MarkOptions {
+            delete_untagged: true,
+            cutoff,
+        };
+        let marks = mark::mark(&inventory, &catalog, options).unwrap();
+        let header = StateHeader {
+            cutoff_ms: state::millis(cutoff),
+            ..StateHeader::default()
+        };
+        let baseline = MarkState::new(header, &inventory, &catalog, &marks).baseline();
+        let busy = |repos: Vec<Repository>| {
+            let storage = Arc::clone(&storage);
+            let baseline = baseline.clone();
+            async move {
+                busy_since_mark(&storage, &baseline, &repos, 4)
+                    .await
+                    .unwrap()
+                    .into_iter()
+                    .map(|r| repos[r].name.clone())
+                    .collect::<Vec<_>>()
+            }
+        };
+        assert!(busy(inventory.repositories.clone()).await.is_empty());
+        // The manifest is pushed again (to any repository): `app` must not lose its tag.
+        write(root, &layout::blob_data(&manifest), missing.as_bytes());
+        assert_eq!(busy(inventory.repositories.clone()).await, ["app"]);
     }
 
     async fn collect_and_remark(

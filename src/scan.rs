@@ -269,6 +269,8 @@ pub struct Inventory {
     pub unknown: Vec<ObjectMeta>,
     /// Multipart uploads in progress under `repositories/` (S3 only).
     pub multipart_uploads: Vec<MultipartUpload>,
+    /// Tag links listed larger than a link can be: recorded as corrupt, never read.
+    pub oversize_tag_links: HashSet<String>,
 }
 
 impl Inventory {
@@ -389,6 +391,7 @@ pub async fn scan_shard(
         concurrency,
     )
     .await?;
+    inventory.oversize_tag_links = oversize_links;
     Ok(inventory)
 }
 

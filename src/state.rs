@@ -15,7 +15,7 @@
 //! | 4 | format version, `1` |
 //! | 4 + n | header length, then the header as UTF-8 JSON ([`StateHeader`]) |
 //! | 8 + 32·k | count of live blobs, then their raw sha256 digests, strictly ascending |
-//! | 8 + … | count of repositories, then each, by ascending name: name length (4) and UTF-8 name; length (4) and portable roaring bitmap of its live manifests; length (4) and roaring bitmap of its live `_layers` links — both as indices into the live blobs; count (4) and its [`Facts`] (8 each, ascending); count (4) and the targets of its broken tags (32 each) |
+//! | 8 + … | count of repositories, then each, by ascending name: name length (4) and UTF-8 name; length (4) and portable roaring bitmap of its live manifests; length (4) and roaring bitmap of its live `_layers` links — both as indices into the live blobs; count (4) and its [`Facts`] (8 each, ascending); count (4) and what its tags and live manifests named that the listing did not hold (32 each); length (4) and roaring bitmap of its live manifests that named such things |
 //! | 32 | SHA-256 of every byte before it |
 //!
 //! A reader checks the magic, the version and the checksum before it believes anything else.
@@ -31,7 +31,7 @@ use thiserror::Error;
 
 use crate::digest::Digest;
 use crate::layout;
-use crate::mark::{MarkSet, RepositoryMarks};
+use crate::mark::{ManifestCatalog, MarkSet, RepositoryMarks};
 use crate::metrics;
 use crate::scan::{BlobUniverseBuilder, Inventory, Repository};
 use crate::storage::{PutCondition, Storage, StorageError};
@@ -229,8 +229,13 @@ struct RepositoryState {
     layers: RoaringBitmap,
     /// What made things live in the repository at the mark, as [`Facts`].
     facts: Facts,
-    /// The targets of the tags that named nothing in storage at the mark (broken).
-    broken: Vec<Digest>,
+    /// What its tags and live manifests named that the mark's listing did not hold: the targets
+    /// of broken tags, and the references of manifests pushed during the mark or broken. Any of
+    /// them stored at the sweep (put back, or committed late) makes the repository busy.
+    unlisted: Vec<Digest>,
+    /// Its live manifests with such references (positions in the live blobs): what they reference
+    /// is not all live in the state, so the sweep reads them again when the repository is busy.
+    incomplete: RoaringBitmap,
 }
 
 /// A repository's revisions, tags and tag index entries at the mark, each as the first 8 bytes of
@@ -289,9 +294,9 @@ pub enum Known<'a> {
     New,
     /// Written since the cut-off, or something in it makes things live that the mark did not see.
     Changed,
-    /// As marked, as far as facts go; the targets of its tags that were broken at the mark are
-    /// still to be looked up (one that exists now makes the repository busy too).
-    Unchanged { broken: &'a [Digest] },
+    /// As marked, as far as facts go; what it named that the mark did not list is still to be
+    /// looked up (any of it stored now makes the repository busy too).
+    Unchanged { unlisted: &'a [Digest] },
 }
 
 /// Why a state cannot be used. Nothing is deleted when one of these is returned.
@@ -364,7 +369,7 @@ pub struct Applied {
 }
 
 /// What a sweep keeps of its state to tell what was written since the mark, up to its last
-/// deletion: the cut-off and each repository's [`Facts`] and broken tag targets.
+/// deletion: the cut-off and each repository's [`Facts`] and unlisted references.
 #[derive(Debug, Clone)]
 pub struct Baseline {
     cutoff: SystemTime,
@@ -386,11 +391,11 @@ impl Baseline {
         else {
             return Known::New;
         };
-        let (_, facts, broken) = &self.repositories[at];
+        let (_, facts, unlisted) = &self.repositories[at];
         if repo.written_since(self.cutoff) || Facts::of(repo).has_new(facts) {
             Known::Changed
         } else {
-            Known::Unchanged { broken }
+            Known::Unchanged { unlisted }
         }
     }
 }
@@ -413,8 +418,13 @@ pub struct Expectations {
 const CLOCK_SKEW: Duration = Duration::from_secs(5 * 60);
 
 impl MarkState {
-    /// The state of a mark of `inventory`.
-    pub fn new(header: StateHeader, inventory: &Inventory, marks: &MarkSet) -> MarkState {
+    /// The state of a mark of `inventory`, with the manifests it read.
+    pub fn new(
+        header: StateHeader,
+        inventory: &Inventory,
+        catalog: &ManifestCatalog,
+        marks: &MarkSet,
+    ) -> MarkState {
         let universe = &inventory.blobs;
         let live: Vec<Digest> = marks.blobs.iter().map(|i| *universe.digest(i)).collect();
         // A universe index's position among the live blobs: both are in digest order.
@@ -430,21 +440,35 @@ impl MarkState {
             .iter()
             .zip(&marks.repositories)
             .map(|(repo, repo_marks)| {
-                let mut broken: Vec<Digest> = repo
+                let universe = &inventory.blobs;
+                let mut unlisted: Vec<Digest> = repo
                     .tags
                     .iter()
                     .filter_map(|t| t.current.as_ref()?.target.as_ref().ok())
-                    .filter(|d| inventory.blobs.index(d).is_none())
+                    .filter(|d| universe.index(d).is_none())
                     .copied()
                     .collect();
-                broken.sort_unstable();
-                broken.dedup();
+                let mut incomplete = RoaringBitmap::new();
+                for manifest in repo_marks.manifests.iter() {
+                    if let Some(refs) = catalog.incomplete_of(manifest) {
+                        incomplete.insert(position(manifest));
+                        let named = refs
+                            .manifests
+                            .iter()
+                            .chain(&refs.blobs)
+                            .chain(&refs.subject);
+                        unlisted.extend(named.filter(|d| universe.index(d).is_none()));
+                    }
+                }
+                unlisted.sort_unstable();
+                unlisted.dedup();
                 RepositoryState {
                     name: repo.name.clone(),
                     manifests: repo_marks.manifests.iter().map(position).collect(),
                     layers: repo_marks.layers.iter().map(position).collect(),
                     facts: Facts::of(repo),
-                    broken,
+                    unlisted,
+                    incomplete,
                 }
             })
             .collect();
@@ -485,10 +509,11 @@ impl MarkState {
             });
         }
         // The cut-offs are what the sweep uses: they must be those the options give.
+        // (An age longer than the time since the epoch gives the epoch, as `gc` computes it.)
         let consistent = |cutoff_ms: u64, age_seconds: u64| {
             h.started_ms
                 .checked_sub(age_seconds.saturating_mul(1000))
-                .is_some_and(|expected| cutoff_ms <= expected)
+                .map_or(cutoff_ms == 0, |expected| cutoff_ms <= expected)
         };
         if !consistent(h.cutoff_ms, h.min_age_seconds)
             || !consistent(h.upload_cutoff_ms, h.upload_max_age_seconds)
@@ -598,10 +623,15 @@ impl MarkState {
                 .collect(),
             warnings: Vec::new(),
         };
+        // What a complete live manifest references is live: such a manifest need not be read
+        // again. One that referenced what the mark did not list must be.
         let mut live_manifests = RoaringBitmap::new();
+        let mut incomplete = RoaringBitmap::new();
         for state in &self.repositories {
             live_manifests |= &state.manifests;
+            incomplete |= &state.incomplete;
         }
+        live_manifests -= incomplete;
         Applied {
             marks,
             live_manifests: map(&live_manifests),
@@ -616,7 +646,7 @@ impl MarkState {
             repositories: self
                 .repositories
                 .iter()
-                .map(|r| (r.name.clone(), r.facts.clone(), r.broken.clone()))
+                .map(|r| (r.name.clone(), r.facts.clone(), r.unlisted.clone()))
                 .collect(),
         }
     }
@@ -644,10 +674,14 @@ impl MarkState {
             for fact in &repo.facts.0 {
                 out.extend_from_slice(&fact.to_le_bytes());
             }
-            out.extend_from_slice(&(repo.broken.len() as u32).to_le_bytes());
-            for digest in &repo.broken {
+            out.extend_from_slice(&(repo.unlisted.len() as u32).to_le_bytes());
+            for digest in &repo.unlisted {
                 out.extend_from_slice(digest.as_bytes());
             }
+            out.extend_from_slice(&(repo.incomplete.serialized_size() as u32).to_le_bytes());
+            repo.incomplete
+                .serialize_into(&mut out)
+                .expect("writing to memory");
         }
         let checksum = Sha256::digest(&out);
         out.extend_from_slice(&checksum);
@@ -736,17 +770,26 @@ fn decode_body(r: &mut Reader<'_>) -> Result<MarkState, String> {
             ));
         }
         let count = r.u32()? as usize;
-        let broken = r
-            .take(count.checked_mul(32).ok_or("broken tag count overflows")?)?
+        let unlisted = r
+            .take(count.checked_mul(32).ok_or("unlisted count overflows")?)?
             .chunks_exact(32)
             .map(|c| Digest::from_bytes(c.try_into().expect("32 bytes")))
             .collect();
+        let len = r.u32()? as usize;
+        let incomplete = RoaringBitmap::deserialize_from(r.take(len)?)
+            .map_err(|e| format!("repository {name}: {e}"))?;
+        if !incomplete.is_subset(&manifests) {
+            return Err(format!(
+                "repository {name}: incomplete manifests that are not live"
+            ));
+        }
         repositories.push(RepositoryState {
             name,
             manifests,
             layers,
             facts: Facts(facts),
-            broken,
+            unlisted,
+            incomplete,
         });
     }
     if r.at != r.bytes.len() {
@@ -802,6 +845,7 @@ fn hex(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::manifest::{ManifestKind, ManifestRefs};
     use crate::scan::{BlobUniverse, Link, Tag, TagCurrent};
 
     fn d(n: u8) -> Digest {
@@ -896,7 +940,18 @@ mod tests {
             live_blobs: 0,
             repositories: 0,
         };
-        (MarkState::new(header, &inventory, &marks), inventory)
+        // Manifest 2 also names blob 8, which the listing did not hold (pushed during the mark).
+        let refs = ManifestRefs {
+            kind: ManifestKind::OciImageManifest,
+            manifests: Vec::new(),
+            blobs: vec![d(3), d(4), d(8)],
+            subject: None,
+        };
+        let catalog = ManifestCatalog::of_parsed(&inventory.blobs, [(index(2), Ok(refs))]);
+        (
+            MarkState::new(header, &inventory, &catalog, &marks),
+            inventory,
+        )
     }
 
     fn location() -> StateLocation {
@@ -942,8 +997,8 @@ mod tests {
         );
         assert_eq!(
             digests(&mut applied.live_manifests.iter()),
-            [d(2), d(5)],
-            "live in a or b"
+            [d(5)],
+            "live in a or b, and complete (2 names 8, which the mark did not list)"
         );
     }
 
@@ -952,8 +1007,8 @@ mod tests {
         let (state, _) = state();
         let baseline = state.baseline();
         let [a, b] = <[Repository; 2]>::try_from(repositories()).unwrap();
-        assert_eq!(baseline.known(&a), Known::Unchanged { broken: &[] });
-        assert_eq!(baseline.known(&b), Known::Unchanged { broken: &[d(9)] });
+        assert_eq!(baseline.known(&a), Known::Unchanged { unlisted: &[d(8)] });
+        assert_eq!(baseline.known(&b), Known::Unchanged { unlisted: &[d(9)] });
         let changed = |change: &dyn Fn(&mut Repository)| {
             let mut repo = a.clone();
             change(&mut repo);
@@ -985,7 +1040,7 @@ mod tests {
                 r.tags.clear();
                 r.layer_links.clear();
             }),
-            Known::Unchanged { broken: &[] }
+            Known::Unchanged { unlisted: &[d(8)] }
         );
         let new = Repository {
             name: "c".to_owned(),
@@ -1073,6 +1128,13 @@ mod tests {
         late.header.cutoff_ms = late.header.started_ms;
         let error = late.check(&location(), &expect).unwrap_err().to_string();
         assert!(error.contains("cut-offs"), "{error}");
+        // An upload age beyond the epoch ("never") is clamped to it, and consistent.
+        let mut forever = state.clone();
+        forever.header.upload_max_age_seconds = 100 * 365 * 86_400;
+        forever.header.upload_cutoff_ms = 0;
+        let mut never = expect.clone();
+        never.upload_max_age = Duration::from_secs(100 * 365 * 86_400);
+        forever.check(&location(), &never).unwrap();
         // A little clock skew is no future.
         let mut skewed = expect.clone();
         skewed.now = state.header.started() - Duration::from_secs(60);

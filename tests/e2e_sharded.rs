@@ -22,6 +22,8 @@ use support::{Fixture, Model, read_plan, run_regsweep, tree_snapshot, verify_gon
 
 const HANG_ENV: &str = "REGSWEEP_TEST_HANG_AFTER_DELETES";
 const HANG_MARKER: &str = "regsweep-test: hanging";
+const PAUSE_ENV: &str = "REGSWEEP_TEST_PAUSE_BEFORE_SWEEP";
+const PAUSE_MARKER: &str = "regsweep-test: paused before the sweep";
 /// What `gc` and `sweep` summaries count of the work, summed over the shards.
 const WORK: [&str; 7] = [
     "blobs_deleted",
@@ -416,6 +418,77 @@ fn what_is_pushed_between_the_mark_and_the_sweep_survives_the_sweep() {
                 .unwrap_or_else(|e| panic!("{repo}@{manifest}: layer {layer}: {e}"));
         }
     }
+}
+
+#[test]
+fn what_is_pushed_while_the_sweep_is_between_its_plan_and_its_deletions_survives() {
+    let mut f = Fixture::build();
+    let v2 = f.v2_root();
+    backdate_tree(
+        &f.registry.storage_root(),
+        SystemTime::now() - Duration::from_secs(2 * 3600),
+    );
+    let config = config(&f);
+    let state = f.dir().join("mark.state");
+    let state = state.to_string_lossy().into_owned();
+    regsweep(&["mark", &config, "--state", &state, "-m"]).assert_success();
+    let link_file = |repo: &str, digest: &str| {
+        let hex = digest.trim_start_matches("sha256:");
+        v2.join(format!("repositories/{repo}/_layers/sha256/{hex}/link"))
+    };
+    let blob_file = |digest: &str| {
+        let hex = digest.trim_start_matches("sha256:");
+        v2.join(format!("blobs/sha256/{}/{hex}/data", &hex[..2]))
+    };
+    let garbage = f.model.expected_garbage_blobs(true);
+    let (repo, linked) = f
+        .model
+        .blob_links
+        .iter()
+        .flat_map(|(repo, blobs)| blobs.iter().map(move |b| (repo.clone(), b.clone())))
+        .find(|(repo, b)| garbage.contains(b) && link_file(repo, b).is_file())
+        .expect("a garbage blob that a repository still links");
+
+    // The sweep has listed and planned (the blob is in its plan), and waits…
+    let barrier = f.dir().join("go-on");
+    let barrier_text = barrier.to_string_lossy().into_owned();
+    let mut paused = Background::start(
+        bin(),
+        &[
+            "sweep", &config, "--state", &state, "-m", "--format", "json",
+        ],
+        &[(PAUSE_ENV, &barrier_text)],
+    );
+    paused.wait_for(PAUSE_MARKER, Duration::from_secs(120));
+    // … while a manifest uses the blob through the link its repository kept, without an upload.
+    let client = f.registry.client();
+    let mut w = Workload::new(&client, None, "pushed while the sweep waited");
+    let reused = w.already_linked(&repo, fs::read(blob_file(&linked)).unwrap());
+    let image = w.image(
+        &repo,
+        Format::Oci,
+        std::slice::from_ref(&reused),
+        "amd64",
+        Ref::Tag("while-sweeping"),
+        "pushed while the sweep waited",
+    );
+    fs::write(&barrier, "").unwrap();
+    let run = paused.wait();
+    run.assert_success();
+    assert!(
+        run.stderr
+            .contains("spared what the registry wrote since the mark"),
+        "{}",
+        run.describe()
+    );
+    assert!(
+        blob_file(&linked).is_file(),
+        "{linked}, live again, was deleted"
+    );
+    f.registry.restart();
+    let client = f.registry.client();
+    verify_pulls(&client, &w.model).assert_ok(&format!("pull {repo}@{}", image.digest));
+    verify_pulls(&f.client, &f.model).assert_ok("pull every tag of the mark");
 }
 
 #[test]
