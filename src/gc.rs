@@ -102,7 +102,7 @@ struct FromState {
     /// counted).
     unlisted_blobs: usize,
     /// Manifests read for what busy repositories reach, by digest: the re-mark does not read them
-    /// again (a manifest's content is its digest's).
+    /// again (a manifest's content is its digest's; those found missing are looked for again).
     read_since: HashMap<Digest, Option<ManifestRefs>>,
 }
 
@@ -322,6 +322,7 @@ impl Collection {
             &busy_repositories,
             cutoff,
             &mut read_since,
+            concurrency,
         )
         .await?;
         let mark_options = MarkOptions {
@@ -576,6 +577,8 @@ impl Collection {
     /// sweep's own scan.
     async fn remark_since_mark(&mut self) -> Result<usize, remark::RemarkError> {
         let from = self.from_state.as_mut().expect("a sweep from a mark state");
+        // A manifest's content never changes, but one that was not stored may be now.
+        from.read_since.retain(|_, read| read.is_some());
         let concurrency = self.options.concurrency.max(1);
         let cutoff = from.baseline.cutoff();
         let (mut repos, oversize) =
@@ -600,6 +603,7 @@ impl Collection {
             &busy_repositories,
             cutoff,
             &mut from.read_since,
+            concurrency,
         )
         .await?;
         let spared = spare_busy(&mut self.plan, &self.inventory, &reprieve);

@@ -182,9 +182,25 @@ pub async fn since_mark(
     busy: &[&Repository],
     cutoff: SystemTime,
     read_since: &mut HashMap<Digest, Option<ManifestRefs>>,
+    concurrency: usize,
 ) -> Result<Reprieve, RemarkError> {
     let catalog = ManifestCatalog::default();
     let mut reprieve = Reprieve::default();
+    let live = |i: u32| live_manifests.contains(i);
+    // The roots (every revision of a busy repository: with -m, all its untagged manifests) are
+    // read at once; the closure then walks from the cache.
+    let roots = busy.iter().flat_map(|repo| {
+        let revisions = repo.revisions.iter().map(|l| l.digest);
+        let tags = repo.tags.iter().flat_map(|t| {
+            let current = t.current.as_ref().and_then(|c| c.target.as_ref().ok());
+            current
+                .copied()
+                .into_iter()
+                .chain(t.index.iter().map(|l| l.digest))
+        });
+        revisions.chain(tags)
+    });
+    prefetch(storage, inventory, &live, roots, read_since, concurrency).await;
     for repo in busy {
         reprieve.repositories.insert(repo.name.clone());
         // A young layer link is an upload (or a mount) whose manifest may come next.
@@ -215,7 +231,7 @@ pub async fn since_mark(
             storage,
             inventory,
             catalog: &catalog,
-            live: &|i| live_manifests.contains(i),
+            live: &live,
             repository: &repo.name,
             read_since,
             reprieve: &mut reprieve,
@@ -223,6 +239,40 @@ pub async fn since_mark(
         closure.mark(roots, HashMap::new()).await?;
     }
     Ok(reprieve)
+}
+
+/// Reads the manifests among `digests` that are neither `live` nor read yet into `read_since`,
+/// `concurrency` at a time, as [`Closure`] would one after another. What cannot be read or used
+/// is left out: the closure reads it again, and says why it cannot go on.
+async fn prefetch(
+    storage: &Arc<dyn Storage>,
+    inventory: &Inventory,
+    live: &dyn Fn(u32) -> bool,
+    digests: impl Iterator<Item = Digest>,
+    read_since: &mut HashMap<Digest, Option<ManifestRefs>>,
+    concurrency: usize,
+) {
+    let mut wanted: Vec<Digest> = digests
+        .filter(|d| !inventory.blobs.index(d).is_some_and(live) && !read_since.contains_key(d))
+        .collect();
+    wanted.sort_unstable();
+    wanted.dedup();
+    let mut reads = stream::iter(wanted.into_iter().map(|digest| async move {
+        let read = match storage.get(&layout::blob_data(&digest)).await {
+            Ok(content) if content.len() as u64 <= MAX_MANIFEST_BYTES => {
+                parse_manifest(&content).ok().map(Some)
+            }
+            Err(StorageError::NotFound { .. }) => Some(None),
+            _ => None,
+        };
+        (digest, read)
+    }))
+    .buffer_unordered(concurrency.max(1));
+    while let Some((digest, read)) = reads.next().await {
+        if let Some(read) = read {
+            read_since.insert(digest, read);
+        }
+    }
 }
 
 /// Copies the targets the scan read for tag links listed unchanged; reads the others.
