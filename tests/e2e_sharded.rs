@@ -8,7 +8,7 @@ pub mod support;
 
 use std::collections::BTreeSet;
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use regsweep::layout;
@@ -97,6 +97,45 @@ fn planned_blob_bytes(plan: &Path) -> Vec<u8> {
         .filter_map(|e| e.key.split("/blobs/sha256/").nth(1))
         .map(|rest| u8::from_str_radix(&rest[..2], 16).unwrap())
         .collect()
+}
+
+/// Where a filesystem registry rooted at `v2` keeps the content of blob `digest`.
+fn blob_file(v2: &Path, digest: &str) -> PathBuf {
+    let hex = digest.trim_start_matches("sha256:");
+    v2.join(format!("blobs/sha256/{}/{hex}/data", &hex[..2]))
+}
+
+/// Where it keeps `repo`'s `_layers` link to `digest`.
+fn link_file(v2: &Path, repo: &str, digest: &str) -> PathBuf {
+    let hex = digest.trim_start_matches("sha256:");
+    v2.join(format!("repositories/{repo}/_layers/sha256/{hex}/link"))
+}
+
+/// The standard workload, two hours old (past the default grace period: its garbage is due),
+/// marked with `-m` and the default `--min-age`; its config and the state's path.
+fn old_and_marked() -> (Fixture, String, String) {
+    let f = Fixture::build();
+    backdate_tree(
+        &f.registry.storage_root(),
+        SystemTime::now() - Duration::from_secs(2 * 3600),
+    );
+    let config = config(&f);
+    let state = f.dir().join("mark.state").to_string_lossy().into_owned();
+    regsweep(&["mark", &config, "--state", &state, "-m"]).assert_success();
+    (f, config, state)
+}
+
+/// A blob that is garbage with `-m` and that a repository still links (an API-deleted image
+/// leaves its layer links): `(repository, digest)`.
+fn garbage_still_linked(f: &Fixture) -> (String, String) {
+    let v2 = f.v2_root();
+    let garbage = f.model.expected_garbage_blobs(true);
+    f.model
+        .blob_links
+        .iter()
+        .flat_map(|(repo, blobs)| blobs.iter().map(move |b| (repo.clone(), b.clone())))
+        .find(|(repo, b)| garbage.contains(b) && link_file(&v2, repo, b).is_file())
+        .expect("a garbage blob that a repository still links")
 }
 
 #[test]
@@ -287,37 +326,13 @@ fn a_killed_sweep_started_again_from_the_same_state_finishes_and_loses_nothing()
 
 #[test]
 fn what_is_pushed_between_the_mark_and_the_sweep_survives_the_sweep() {
-    let mut f = Fixture::build();
+    let (mut f, config, state) = old_and_marked();
     let v2 = f.v2_root();
-    // Two hours old: past the default one-hour grace period, the garbage is due.
-    backdate_tree(
-        &f.registry.storage_root(),
-        SystemTime::now() - Duration::from_secs(2 * 3600),
-    );
-    let config = config(&f);
-    let state = f.dir().join("mark.state");
-    let state = state.to_string_lossy().into_owned();
-    let marked = regsweep(&["mark", &config, "--state", &state, "-m"]);
-    marked.assert_success();
-
-    let blob_file = |digest: &str| {
-        let hex = digest.trim_start_matches("sha256:");
-        v2.join(format!("blobs/sha256/{}/{hex}/data", &hex[..2]))
-    };
-    let link_file = |repo: &str, digest: &str| {
-        let hex = digest.trim_start_matches("sha256:");
-        v2.join(format!("repositories/{repo}/_layers/sha256/{hex}/link"))
-    };
-    // Garbage at the mark: plain blobs, one of which a repository still links (an API-deleted
-    // image leaves its layer links), and an untagged image manifest.
+    let blob_file = |digest: &str| blob_file(&v2, digest);
+    // Garbage at the mark: plain blobs, one of which a repository still links, and an untagged
+    // image manifest.
     let garbage = f.model.expected_garbage_blobs(true);
-    let (linked_repo, linked) = f
-        .model
-        .blob_links
-        .iter()
-        .flat_map(|(repo, blobs)| blobs.iter().map(move |b| (repo.clone(), b.clone())))
-        .find(|(repo, b)| garbage.contains(b) && link_file(repo, b).is_file())
-        .expect("a garbage blob that a repository still links");
+    let (linked_repo, linked) = garbage_still_linked(&f);
     let plain: Vec<String> = garbage
         .iter()
         .filter(|d| f.model.blobs.contains_key(*d) && **d != linked)
@@ -422,32 +437,10 @@ fn what_is_pushed_between_the_mark_and_the_sweep_survives_the_sweep() {
 
 #[test]
 fn what_is_pushed_while_the_sweep_is_between_its_plan_and_its_deletions_survives() {
-    let mut f = Fixture::build();
+    let (mut f, config, state) = old_and_marked();
     let v2 = f.v2_root();
-    backdate_tree(
-        &f.registry.storage_root(),
-        SystemTime::now() - Duration::from_secs(2 * 3600),
-    );
-    let config = config(&f);
-    let state = f.dir().join("mark.state");
-    let state = state.to_string_lossy().into_owned();
-    regsweep(&["mark", &config, "--state", &state, "-m"]).assert_success();
-    let link_file = |repo: &str, digest: &str| {
-        let hex = digest.trim_start_matches("sha256:");
-        v2.join(format!("repositories/{repo}/_layers/sha256/{hex}/link"))
-    };
-    let blob_file = |digest: &str| {
-        let hex = digest.trim_start_matches("sha256:");
-        v2.join(format!("blobs/sha256/{}/{hex}/data", &hex[..2]))
-    };
-    let garbage = f.model.expected_garbage_blobs(true);
-    let (repo, linked) = f
-        .model
-        .blob_links
-        .iter()
-        .flat_map(|(repo, blobs)| blobs.iter().map(move |b| (repo.clone(), b.clone())))
-        .find(|(repo, b)| garbage.contains(b) && link_file(repo, b).is_file())
-        .expect("a garbage blob that a repository still links");
+    let blob_file = |digest: &str| blob_file(&v2, digest);
+    let (repo, linked) = garbage_still_linked(&f);
 
     // The sweep has listed and planned (the blob is in its plan), and waits…
     let barrier = f.dir().join("go-on");
