@@ -582,19 +582,9 @@ mod tests {
             Digest::parse(&format!("sha256:{:x}", sha2::Sha256::digest(&missing))).unwrap()
         };
         link(root, &layout::tag_current_link("app", "v1"), &manifest);
-        let storage: Arc<dyn Storage> =
-            Arc::new(LocalStorage::open(root, &Default::default()).unwrap());
-        let inventory = scan(&storage, 4).await.unwrap();
-        let catalog = mark::load_manifests(&storage, &inventory, 4).await;
-        // Everything written so far counts as old.
-        let cutoff = SystemTime::now() + Duration::from_secs(3600);
-        let options = MarkOptions {
-            delete_untagged: true,
-            cutoff,
-        };
-        let marks = mark::mark(&inventory, &catalog, options).unwrap();
+        let (storage, inventory, catalog, options, marks) = scan_and_mark(root).await;
         let header = StateHeader {
-            cutoff_ms: state::millis(cutoff),
+            cutoff_ms: state::millis(options.cutoff),
             ..StateHeader::default()
         };
         let baseline = MarkState::new(header, &inventory, &catalog, &marks).baseline();
@@ -616,21 +606,34 @@ mod tests {
         assert_eq!(busy(inventory.repositories.clone()).await, ["app"]);
     }
 
-    async fn collect_and_remark(
+    /// The registry at `root`, scanned and marked with `-m`, everything written so far old.
+    async fn scan_and_mark(
         root: &Path,
-        between: impl FnOnce(),
-    ) -> (Inventory, plan::SweepPlan, usize) {
+    ) -> (
+        Arc<dyn Storage>,
+        Inventory,
+        ManifestCatalog,
+        MarkOptions,
+        MarkSet,
+    ) {
         let storage: Arc<dyn Storage> =
             Arc::new(LocalStorage::open(root, &Default::default()).unwrap());
         let inventory = scan(&storage, 4).await.unwrap();
         let catalog = mark::load_manifests(&storage, &inventory, 4).await;
-        // Everything written so far counts as old.
-        let cutoff = SystemTime::now() + Duration::from_secs(3600);
         let options = MarkOptions {
             delete_untagged: true,
-            cutoff,
+            cutoff: SystemTime::now() + Duration::from_secs(3600),
         };
         let marks = mark::mark(&inventory, &catalog, options).unwrap();
+        (storage, inventory, catalog, options, marks)
+    }
+
+    async fn collect_and_remark(
+        root: &Path,
+        between: impl FnOnce(),
+    ) -> (Inventory, plan::SweepPlan, usize) {
+        let (storage, inventory, catalog, options, marks) = scan_and_mark(root).await;
+        let cutoff = options.cutoff;
         let mut plan = plan::plan(
             &inventory,
             &marks,
