@@ -39,13 +39,17 @@ pub trait Exported: Serialize {
     fn add_error(&mut self, message: String);
 }
 
-/// The accessors every summary implements alike.
+/// The accessors every summary implements alike; `dry_run` is the summary's own field unless
+/// given (a summary of a command that never deletes).
 macro_rules! exported {
     ($summary:ty, $fields:expr) => {
+        exported!($summary, $fields, |summary: &$summary| summary.dry_run);
+    };
+    ($summary:ty, $fields:expr, $dry_run:expr) => {
         impl Exported for $summary {
             const FIELDS: &'static [(&'static str, &'static str)] = $fields;
             fn dry_run(&self) -> bool {
-                self.dry_run
+                ($dry_run)(self)
             }
             fn errors(&self) -> u64 {
                 self.errors
@@ -98,9 +102,10 @@ exported!(
     ]
 );
 
-/// `regsweep mark` deletes nothing: its samples are labelled `dry_run="true"`.
-impl Exported for MarkSummary {
-    const FIELDS: &'static [(&'static str, &'static str)] = &[
+// `regsweep mark` deletes nothing: its samples are labelled `dry_run="true"`.
+exported!(
+    MarkSummary,
+    &[
         (
             "started_ms",
             "When the mark started, in milliseconds since the epoch.",
@@ -130,24 +135,9 @@ impl Exported for MarkSummary {
         ),
         ERRORS,
         DURATION,
-    ];
-    fn dry_run(&self) -> bool {
-        true
-    }
-    fn errors(&self) -> u64 {
-        self.errors
-    }
-    fn warnings(&self) -> usize {
-        self.warnings.len()
-    }
-    fn requests(&self) -> &Requests {
-        &self.requests
-    }
-    fn add_error(&mut self, message: String) {
-        self.errors += 1;
-        self.error_messages.push(message);
-    }
-}
+    ],
+    |_: &MarkSummary| true
+);
 
 const ERRORS: (&str, &str) = ("errors", "Errors (0 when the run went well).");
 const DURATION: (&str, &str) = ("duration_seconds", "Duration of the run.");
