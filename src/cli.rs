@@ -132,17 +132,9 @@ pub struct MarkArgs {
     #[arg(long, value_name = "PATH|registry:NAME", value_parser = parse_state)]
     pub state: StateLocation,
 
-    /// As in gc: manifests that no tag reaches are not live (the sweep must say -m too).
-    #[arg(short = 'm', long)]
-    pub delete_untagged: bool,
-
-    /// As in gc: the sweep never deletes what was modified after the mark's start minus this.
-    #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = parse_duration)]
-    pub min_age: Duration,
-
-    /// As in gc: uploads with no activity for this long before the mark's start are stale.
-    #[arg(long, value_name = "DURATION", default_value = "168h", value_parser = parse_duration)]
-    pub upload_max_age: Duration,
+    /// The options a sweep of this state must be given too.
+    #[command(flatten)]
+    pub collect: CollectArgs,
 
     /// Storage requests in flight at once [default: 32 on object stores; 4 per CPU, from 4 to 64,
     /// on a filesystem].
@@ -404,17 +396,8 @@ pub struct GcArgs {
     #[arg(short = 'd', long)]
     pub dry_run: bool,
 
-    /// Also collect manifests that no tag reaches, directly, through an index, or as a referrer.
-    #[arg(short = 'm', long)]
-    pub delete_untagged: bool,
-
-    /// Never delete an object modified more recently than this (protects pushes in progress).
-    #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = parse_duration)]
-    pub min_age: Duration,
-
-    /// Delete uploads with no activity for this long (the registry's upload purging default).
-    #[arg(long, value_name = "DURATION", default_value = "168h", value_parser = parse_duration)]
-    pub upload_max_age: Duration,
+    #[command(flatten)]
+    pub collect: CollectArgs,
 
     /// Storage requests in flight at once [default: 32 on object stores; 4 per CPU, from 4 to 64,
     /// on a filesystem].
@@ -472,6 +455,22 @@ pub struct GcArgs {
     /// answer within 30 s makes the exit status non-zero.
     #[arg(long, value_name = "URL", value_parser = SecretUrl::<WebhookUrl>(webhook_url))]
     pub restart_url: Option<WebhookUrl>,
+}
+
+/// What is collected: the options of `gc` that `mark` records and `sweep` must repeat.
+#[derive(Debug, Args)]
+pub struct CollectArgs {
+    /// Also collect manifests that no tag reaches, directly, through an index, or as a referrer.
+    #[arg(short = 'm', long)]
+    pub delete_untagged: bool,
+
+    /// Never delete an object modified more recently than this (protects pushes in progress).
+    #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = parse_duration)]
+    pub min_age: Duration,
+
+    /// Delete uploads with no activity for this long (the registry's upload purging default).
+    #[arg(long, value_name = "DURATION", default_value = "168h", value_parser = parse_duration)]
+    pub upload_max_age: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

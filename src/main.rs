@@ -152,7 +152,7 @@ async fn delete(mut args: DeleteArgs, quiet: bool) -> Result<ExitCode> {
 async fn prune(mut args: PruneArgs, quiet: bool) -> Result<ExitCode> {
     let policy = match &args.policy {
         Some(path) => {
-            if args.gc.delete_untagged {
+            if args.gc.collect.delete_untagged {
                 Cli::command()
                     .error(
                         clap::error::ErrorKind::ArgumentConflict,
@@ -171,7 +171,7 @@ async fn prune(mut args: PruneArgs, quiet: bool) -> Result<ExitCode> {
             keep_last: args.keep_last,
             keep_tags: args.keep_tags.take(),
             delete_older_than: args.older_than,
-            delete_untagged: args.gc.delete_untagged,
+            delete_untagged: args.gc.collect.delete_untagged,
         })
         .unwrap_or_else(|e| {
             Cli::command()
@@ -183,7 +183,7 @@ async fn prune(mut args: PruneArgs, quiet: bool) -> Result<ExitCode> {
         }),
     };
     // Untagged manifests go by the rules, repository by repository, not everywhere.
-    args.gc.delete_untagged = false;
+    args.gc.collect.delete_untagged = false;
     gc(
         args.gc,
         "prune",
@@ -349,9 +349,9 @@ async fn collect(
 ) -> Result<Summary> {
     let options = GcOptions {
         dry_run: args.dry_run,
-        delete_untagged: args.delete_untagged,
-        min_age: args.min_age,
-        upload_max_age: args.upload_max_age,
+        delete_untagged: args.collect.delete_untagged,
+        min_age: args.collect.min_age,
+        upload_max_age: args.collect.upload_max_age,
         concurrency: concurrency(args.concurrency, &storage),
         pause_before_sweep: std::env::var_os(PAUSE_BEFORE_SWEEP_ENV).map(PathBuf::from),
         quarantine: args.quarantine.then(|| run.clone()),
@@ -373,9 +373,9 @@ async fn collect(
                 storage_id: state::storage_id(&storage, false)
                     .await
                     .context("cannot read the storage's ID (_regsweep/id)")?,
-                delete_untagged: args.delete_untagged,
-                min_age: args.min_age,
-                upload_max_age: args.upload_max_age,
+                delete_untagged: args.collect.delete_untagged,
+                min_age: args.collect.min_age,
+                upload_max_age: args.collect.upload_max_age,
                 max_age: *max_age,
                 now: SystemTime::now(),
             };
@@ -622,9 +622,9 @@ async fn run_mark(args: &MarkArgs, quiet: bool) -> Result<MarkSummary> {
     let run = RunId::new(SystemTime::now());
     let options = GcOptions {
         dry_run: true,
-        delete_untagged: args.delete_untagged,
-        min_age: args.min_age,
-        upload_max_age: args.upload_max_age,
+        delete_untagged: args.collect.delete_untagged,
+        min_age: args.collect.min_age,
+        upload_max_age: args.collect.upload_max_age,
         concurrency: concurrency(args.concurrency, &storage),
         pause_before_sweep: None,
         quarantine: None,
