@@ -13,7 +13,7 @@ use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use support::model::Model;
-use support::run::{Background, RunOutput, field_u64};
+use support::run::{Background, PAUSE_ENV, PAUSE_MARKER, RunOutput, field_u64};
 use support::storage::{Node, dangling_links, repository_dirs, snapshot_diff, storage_blobs};
 use support::workload::{Format, Pushed, Ref, Workload};
 use support::{Client, Registry, run_regsweep, tree_snapshot, verify_gone, verify_pulls};
@@ -545,10 +545,6 @@ fn prune_dry_run_prints_each_decision_and_changes_nothing() {
     // Everything still pulls.
     s.assert_registry_holds_exactly_the_model(&[]);
 }
-
-/// `REGSWEEP_TEST_PAUSE_BEFORE_SWEEP`: the run waits before its re-mark until this file exists.
-const PAUSE_ENV: &str = "REGSWEEP_TEST_PAUSE_BEFORE_SWEEP";
-const PAUSE_MARKER: &str = "regsweep-test: paused before the sweep";
 
 #[test]
 fn a_tag_pushed_again_during_a_prune_keeps_its_repository() {

@@ -14,15 +14,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::{Duration, SystemTime};
 
-use support::run::{Background, RunOutput, field_u64};
-use support::storage::{assert_exactly_the_live_set, storage_blobs};
+use support::run::{
+    Background, HANG_ENV, HANG_MARKER, PAUSE_ENV, PAUSE_MARKER, RunOutput, field_u64,
+};
+use support::storage::{assert_exactly_the_live_set, blob_file, storage_blobs};
 use support::workload::{Format, Ref, Workload, backdate_tree};
 use support::{Client, Fixture, Model, read_plan, run_regsweep, tree_snapshot, verify_pulls};
 
-const HANG_ENV: &str = "REGSWEEP_TEST_HANG_AFTER_DELETES";
-const HANG_MARKER: &str = "regsweep-test: hanging";
-const PAUSE_ENV: &str = "REGSWEEP_TEST_PAUSE_BEFORE_SWEEP";
-const PAUSE_MARKER: &str = "regsweep-test: paused before the sweep";
 const MARKER_TIMEOUT: Duration = Duration::from_secs(60);
 
 fn bin() -> &'static Path {
@@ -39,8 +37,7 @@ fn config(f: &Fixture) -> String {
 
 /// The content of a blob, read from the filesystem storage.
 fn blob_bytes(v2: &Path, digest: &str) -> Vec<u8> {
-    let hex = digest.trim_start_matches("sha256:");
-    let path = v2.join(format!("blobs/sha256/{}/{hex}/data", &hex[..2]));
+    let path = blob_file(v2, digest);
     fs::read(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
 }
 

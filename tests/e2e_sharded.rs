@@ -8,22 +8,20 @@ pub mod support;
 
 use std::collections::BTreeSet;
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use regsweep::layout;
 use regsweep::shard::Shard;
 use support::hostile::copy_tree;
-use support::run::{Background, RunOutput, field_u64};
+use support::run::{
+    Background, HANG_ENV, HANG_MARKER, PAUSE_ENV, PAUSE_MARKER, RunOutput, field_u64,
+};
 use support::s3::MotoServer;
-use support::storage::{assert_exactly_the_live_set, snapshot_diff};
+use support::storage::{assert_exactly_the_live_set, blob_file, link_file, snapshot_diff};
 use support::workload::{Format, Ref, Workload, backdate_tree};
 use support::{Fixture, Model, read_plan, run_regsweep, tree_snapshot, verify_gone, verify_pulls};
 
-const HANG_ENV: &str = "REGSWEEP_TEST_HANG_AFTER_DELETES";
-const HANG_MARKER: &str = "regsweep-test: hanging";
-const PAUSE_ENV: &str = "REGSWEEP_TEST_PAUSE_BEFORE_SWEEP";
-const PAUSE_MARKER: &str = "regsweep-test: paused before the sweep";
 /// What `gc` and `sweep` summaries count of the work, summed over the shards.
 const WORK: [&str; 7] = [
     "blobs_deleted",
@@ -97,18 +95,6 @@ fn planned_blob_bytes(plan: &Path) -> Vec<u8> {
         .filter_map(|e| e.key.split("/blobs/sha256/").nth(1))
         .map(|rest| u8::from_str_radix(&rest[..2], 16).unwrap())
         .collect()
-}
-
-/// Where a filesystem registry rooted at `v2` keeps the content of blob `digest`.
-fn blob_file(v2: &Path, digest: &str) -> PathBuf {
-    let hex = digest.trim_start_matches("sha256:");
-    v2.join(format!("blobs/sha256/{}/{hex}/data", &hex[..2]))
-}
-
-/// Where it keeps `repo`'s `_layers` link to `digest`.
-fn link_file(v2: &Path, repo: &str, digest: &str) -> PathBuf {
-    let hex = digest.trim_start_matches("sha256:");
-    v2.join(format!("repositories/{repo}/_layers/sha256/{hex}/link"))
 }
 
 /// The standard workload, two hours old (past the default grace period: its garbage is due),

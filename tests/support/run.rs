@@ -10,6 +10,15 @@ use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 
+/// Test-only: with this set to N, the binary lets N deletions through, says [`HANG_MARKER`] on
+/// stderr and hangs (to be killed at an exact point of its sweep).
+pub const HANG_ENV: &str = "REGSWEEP_TEST_HANG_AFTER_DELETES";
+pub const HANG_MARKER: &str = "regsweep-test: hanging";
+/// Test-only: with this set to a path, the binary says [`PAUSE_MARKER`] between its plan and its
+/// re-mark, and waits until the path exists.
+pub const PAUSE_ENV: &str = "REGSWEEP_TEST_PAUSE_BEFORE_SWEEP";
+pub const PAUSE_MARKER: &str = "regsweep-test: paused before the sweep";
+
 /// One finished run of a command, with everything it printed.
 #[derive(Debug)]
 pub struct RunOutput {

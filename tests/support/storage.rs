@@ -326,3 +326,15 @@ pub fn assert_exactly_the_live_set(
     );
     assert_eq!(&upload_dirs(v2_root), uploads, "uploads");
 }
+
+/// Where a filesystem registry rooted at `v2` keeps the content of blob `digest`.
+pub fn blob_file(v2: &Path, digest: &str) -> PathBuf {
+    let hex = digest.trim_start_matches("sha256:");
+    v2.join(format!("blobs/sha256/{}/{hex}/data", &hex[..2]))
+}
+
+/// Where it keeps `repo`'s `_layers` link to `digest`.
+pub fn link_file(v2: &Path, repo: &str, digest: &str) -> PathBuf {
+    let hex = digest.trim_start_matches("sha256:");
+    v2.join(format!("repositories/{repo}/_layers/sha256/{hex}/link"))
+}
