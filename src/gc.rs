@@ -582,7 +582,10 @@ impl Collection {
         let concurrency = self.options.concurrency.max(1);
         let cutoff = from.baseline.cutoff();
         let (mut repos, oversize) =
-            scan::list_repositories(&self.storage, concurrency, Some(cutoff)).await?;
+            scan::list_repositories(&self.storage, concurrency, &|_, link| {
+                link.modified > cutoff
+            })
+            .await?;
         let busy =
             remark::busy_since_mark(&self.storage, &from.baseline, &repos, concurrency).await?;
         let busy: HashSet<String> = busy.into_iter().map(|r| repos[r].name.clone()).collect();

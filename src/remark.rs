@@ -94,7 +94,15 @@ pub async fn remark_released(
     concurrency: usize,
     released: &Released,
 ) -> Result<Reprieve, RemarkError> {
-    let (mut repositories, oversize) = scan::list_repositories(storage, concurrency, None).await?;
+    // Layer links the scan listed (the same digest and time) make nothing live or busy (see
+    // `roots`): they are not held a second time.
+    let scanned = |name: &str, link: &Link| {
+        inventory
+            .repository(name)
+            .is_some_and(|before| before.lists_layer_link(link))
+    };
+    let (mut repositories, oversize) =
+        scan::list_repositories(storage, concurrency, &|name, link| !scanned(name, link)).await?;
     read_changed_tag_links(
         storage,
         inventory,
@@ -292,7 +300,7 @@ async fn read_changed_tag_links(
                 continue;
             };
             let scanned = before
-                .and_then(|b| b.tags.iter().find(|t| t.name == tag.name))
+                .and_then(|b| b.tag(&tag.name))
                 .and_then(|t| t.current.as_ref())
                 .filter(|c| c.modified == current.modified);
             match scanned {
@@ -309,18 +317,18 @@ async fn read_changed_tag_links(
         }
     }
     scan::read_tag_links(storage, &mut changed, &|_| true, oversize, concurrency).await?;
+    // Both sorted by name, as listed.
     for read in changed {
-        let repo = repositories
-            .iter_mut()
-            .find(|r| r.name == read.name)
+        let r = repositories
+            .binary_search_by(|r| r.name.cmp(&read.name))
             .expect("read from this list");
+        let repo = &mut repositories[r];
         for tag in read.tags {
-            let slot = repo
+            let t = repo
                 .tags
-                .iter_mut()
-                .find(|t| t.name == tag.name)
+                .binary_search_by(|t| t.name.cmp(&tag.name))
                 .expect("read from this repository");
-            slot.current = tag.current;
+            repo.tags[t].current = tag.current;
         }
     }
     Ok(())
@@ -338,9 +346,8 @@ fn roots(
 ) -> Result<Vec<Digest>, RemarkError> {
     // New: not listed by the scan with the same modification time. (What the scan saw young was a
     // root of the mark already, and the plan never deletes young objects.)
-    let new = |links: fn(&Repository) -> &Vec<Link>, link: &Link| {
-        before.is_none_or(|b| !links(b).contains(link))
-    };
+    let new =
+        |lists: fn(&Repository, &Link) -> bool, link: &Link| before.is_none_or(|b| !lists(b, link));
     let mut busy = before.is_none();
     let mut roots = Vec::new();
     // What removed tags point at: roots after all if the repository turns out busy, since the
@@ -348,14 +355,14 @@ fn roots(
     let mut removed_targets = Vec::new();
 
     for link in &repo.layer_links {
-        if new(|r| &r.layer_links, link) {
+        if new(Repository::lists_layer_link, link) {
             busy = true;
             reprieve.blobs.insert(link.digest);
             reprieve.links.insert((repo.name.clone(), link.digest));
         }
     }
     for link in &repo.revisions {
-        let is_new = new(|r| &r.revisions, link);
+        let is_new = new(Repository::lists_revision, link);
         busy |= is_new;
         let root = !options.delete_untagged && !released.revision(&repo.name, &link.digest);
         if is_new || root {
@@ -363,7 +370,7 @@ fn roots(
         }
     }
     for tag in &repo.tags {
-        let scanned = before.and_then(|b| b.tags.iter().find(|t| t.name == tag.name));
+        let scanned = before.and_then(|b| b.tag(&tag.name));
         if let Some(current) = &tag.current {
             let changed = scanned
                 .and_then(|t| t.current.as_ref())
@@ -738,6 +745,33 @@ mod tests {
         let mut expected = vec![config, manifest];
         expected.sort();
         assert_eq!(planned_blobs(&inventory, &plan), expected);
+    }
+
+    #[tokio::test]
+    async fn a_layer_link_written_again_is_new_and_one_left_alone_is_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let (config, layer, manifest) = registry(root);
+        // `old/app` links garbage blobs (an upload never followed by its manifest), among many
+        // other links, so that the lookups among them matter.
+        let mut linked = vec![config, layer, manifest];
+        linked.extend((0..40u8).map(|n| blob(root, &[b'x', n])));
+        for digest in &linked {
+            link(root, &layout::layer_link("old/app", digest), digest);
+        }
+        let (inventory, plan, _) = collect_and_remark(root, || {
+            // The same layer uploaded again: the registry writes its link anew.
+            std::thread::sleep(Duration::from_millis(20));
+            link(root, &layout::layer_link("old/app", &layer), &layer);
+        })
+        .await;
+        let planned = planned_blobs(&inventory, &plan);
+        assert!(
+            !planned.contains(&layer),
+            "the layer linked again is spared"
+        );
+        assert!(planned.contains(&config) && planned.contains(&manifest));
+        assert_eq!(planned.len(), linked.len() - 1, "{planned:?}");
     }
 
     #[tokio::test]

@@ -215,10 +215,12 @@ impl Upload {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Repository {
     pub name: String,
+    /// Sorted by digest when listed.
     pub layer_links: Vec<Link>,
+    /// Sorted by digest when listed.
     pub revisions: Vec<Link>,
     pub signatures: Vec<SignatureLink>,
-    /// Sorted by name.
+    /// Sorted by name when listed.
     pub tags: Vec<Tag>,
     pub uploads: Vec<Upload>,
     /// Empty directories (or directory markers) inside the repository.
@@ -244,8 +246,24 @@ impl Repository {
             || self.unknown.iter().any(|o| after(o.modified))
     }
 
-    /// Drops the spare capacity the listing left: an inventory holds every link of the registry.
-    fn shrink_to_fit(mut self) -> Repository {
+    /// Sorts the links by digest and the tags by name (for the lookups below: a repository's
+    /// listing is compared with an earlier one link by link and tag by tag) and drops the spare
+    /// capacity the listing left (an inventory holds every link of the registry).
+    fn finish(mut self) -> Repository {
+        self.layer_links.sort_unstable_by_key(|l| l.digest);
+        self.revisions.sort_unstable_by_key(|l| l.digest);
+        // A tag listed in pieces (see `tag_mut`) becomes one.
+        self.tags.sort_unstable_by(|a, b| a.name.cmp(&b.name));
+        self.tags.dedup_by(|later, earlier| {
+            if later.name != earlier.name {
+                return false;
+            }
+            if earlier.current.is_none() {
+                earlier.current = later.current.take();
+            }
+            earlier.index.append(&mut later.index);
+            true
+        });
         self.layer_links.shrink_to_fit();
         self.revisions.shrink_to_fit();
         self.signatures.shrink_to_fit();
@@ -255,6 +273,32 @@ impl Repository {
         }
         self
     }
+
+    /// Whether `link` is among the layer links, with the same modification time.
+    pub fn lists_layer_link(&self, link: &Link) -> bool {
+        lists(&self.layer_links, link)
+    }
+
+    /// Whether `link` is among the revision links, with the same modification time.
+    pub fn lists_revision(&self, link: &Link) -> bool {
+        lists(&self.revisions, link)
+    }
+
+    /// The tag named `name`.
+    pub fn tag(&self, name: &str) -> Option<&Tag> {
+        self.tags
+            .binary_search_by(|t| t.name.as_str().cmp(name))
+            .ok()
+            .map(|i| &self.tags[i])
+    }
+}
+
+/// Whether `links` (sorted by digest) holds `link`: a binary search, since a repository may hold
+/// millions of links and the re-mark looks each of them up.
+fn lists(links: &[Link], link: &Link) -> bool {
+    links
+        .binary_search_by(|l| l.digest.cmp(&link.digest))
+        .is_ok_and(|i| links[i] == *link)
 }
 
 /// The result of a scan.
@@ -372,17 +416,14 @@ pub async fn scan_shard(
                 &mut repositories,
                 &mut oversize_links,
                 object,
-                &|name, modified| modified > cutoff || shard.owns_repository(name),
+                &|name, link| link.modified > cutoff || shard.owns_repository(name),
             );
         }
     }
     drop(objects);
     inventory.blobs = blobs.finish();
     inventory.multipart_uploads = storage.multipart_uploads(layout::REPOSITORIES).await?;
-    inventory.repositories = repositories
-        .into_values()
-        .map(Repository::shrink_to_fit)
-        .collect();
+    inventory.repositories = repositories.into_values().map(Repository::finish).collect();
     read_tag_links(
         storage,
         &mut inventory.repositories,
@@ -399,11 +440,12 @@ pub async fn scan_shard(
 /// every tag's `current` target is left unread (an error), for the caller to fill in; also returns
 /// the tag links listed larger than a link can be (recorded as corrupt, never to be read).
 ///
-/// With a `cutoff`, `_layers` links modified at or before it are left out.
+/// Only the `_layers` links `keep_layer_link` accepts (given the repository's name) are kept: the
+/// others, about one per blob, would double what the run holds.
 pub async fn list_repositories(
     storage: &Arc<dyn Storage>,
     concurrency: usize,
-    cutoff: Option<SystemTime>,
+    keep_layer_link: &dyn Fn(&str, &Link) -> bool,
 ) -> Result<(Vec<Repository>, HashSet<String>), ScanError> {
     let (prefixes, _) = prefixes_to_list(storage, layout::REPOSITORIES, None).await?;
     let mut scratch = Inventory::default();
@@ -417,10 +459,11 @@ pub async fn list_repositories(
             &mut repositories,
             &mut oversize,
             object,
-            &|_, modified| cutoff.is_none_or(|cutoff| modified > cutoff),
+            keep_layer_link,
         );
     }
-    Ok((repositories.into_values().collect(), oversize))
+    let repositories = repositories.into_values().map(Repository::finish);
+    Ok((repositories.collect(), oversize))
 }
 
 /// How many key ranges the sha256 blobs are listed in, where the backend can start a listing at a
@@ -521,7 +564,7 @@ fn add_repository_object(
     repositories: &mut BTreeMap<String, Repository>,
     oversize_links: &mut HashSet<String>,
     object: ObjectMeta,
-    keep_layer_link: &dyn Fn(&str, SystemTime) -> bool,
+    keep_layer_link: &dyn Fn(&str, &Link) -> bool,
 ) {
     let parsed = layout::parse_repository_key(&object.key);
     let Some(name) = parsed.repository else {
@@ -542,9 +585,11 @@ fn add_repository_object(
     let repository = repositories.get_mut(name).expect("inserted above");
     let modified = object.modified;
     match parsed.object {
-        RepositoryObject::LayerLink(_) if !keep_layer_link(name, modified) => {}
         RepositoryObject::LayerLink(digest) => {
-            push_sparingly(&mut repository.layer_links, Link { digest, modified })
+            let link = Link { digest, modified };
+            if keep_layer_link(name, &link) {
+                push_sparingly(&mut repository.layer_links, link);
+            }
         }
         RepositoryObject::RevisionLink(digest) => {
             repository.revisions.push(Link { digest, modified })
@@ -588,25 +633,21 @@ fn add_repository_object(
     }
 }
 
+/// The tag `name` of a repository being listed. Tags are held in the listing's order and sorted
+/// when the repository is finished ([`Repository::finish`]): a listing gives a tag's objects one
+/// after another (S3's is sorted, a directory walk goes depth first), so the last tag is nearly
+/// always the one, and a tag met again further on is added again and merged then. Inserting each
+/// in order instead costs a quadratic number of moves when a directory's order is a hash's (ext4),
+/// in a repository of 100,000 tags.
 fn tag_mut<'r>(repository: &'r mut Repository, name: &str) -> &'r mut Tag {
-    let i = match repository
-        .tags
-        .binary_search_by(|t| t.name.as_str().cmp(name))
-    {
-        Ok(i) => i,
-        Err(i) => {
-            repository.tags.insert(
-                i,
-                Tag {
-                    name: name.to_owned(),
-                    current: None,
-                    index: Vec::new(),
-                },
-            );
-            i
-        }
-    };
-    &mut repository.tags[i]
+    if repository.tags.last().is_none_or(|t| t.name != name) {
+        repository.tags.push(Tag {
+            name: name.to_owned(),
+            current: None,
+            index: Vec::new(),
+        });
+    }
+    repository.tags.last_mut().expect("pushed above")
 }
 
 /// Reads every tag's `current/link` of the repositories `only` accepts but those listed larger than
@@ -715,6 +756,65 @@ mod tests {
         assert!(universe.modified(1) >= early);
         assert!(universe.modified(1) < early + std::time::Duration::from_millis(1));
         assert_eq!(universe.modified(0), SystemTime::UNIX_EPOCH);
+    }
+
+    #[test]
+    fn a_finished_repository_finds_its_links_by_digest_and_time() {
+        let at = |s| SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(s);
+        let link = |byte: u8, s| Link {
+            digest: Digest::from_bytes([byte; 32]),
+            modified: at(s),
+        };
+        let tag = |name: &str| Tag {
+            name: name.to_owned(),
+            current: None,
+            index: Vec::new(),
+        };
+        let repository = Repository {
+            name: "app".to_owned(),
+            layer_links: [9, 3, 7, 1, 5].map(|b| link(b, u64::from(b))).to_vec(),
+            revisions: vec![link(8, 1), link(2, 1)],
+            // `a` listed in two pieces, its current link and then, after others, an index entry.
+            tags: vec![
+                Tag {
+                    current: Some(TagCurrent {
+                        target: Ok(Digest::from_bytes([8; 32])),
+                        modified: at(1),
+                    }),
+                    ..tag("a")
+                },
+                tag("c"),
+                tag("b"),
+                Tag {
+                    index: vec![link(8, 1)],
+                    ..tag("a")
+                },
+            ],
+            ..Repository::default()
+        }
+        .finish();
+        let digests =
+            |links: &[Link]| -> Vec<u8> { links.iter().map(|l| l.digest.as_bytes()[0]).collect() };
+        assert_eq!(digests(&repository.layer_links), vec![1, 3, 5, 7, 9]);
+        assert_eq!(digests(&repository.revisions), vec![2, 8]);
+        for b in [1, 3, 5, 7, 9] {
+            assert!(repository.lists_layer_link(&link(b, u64::from(b))));
+        }
+        // Written again since (another time), or never listed.
+        assert!(!repository.lists_layer_link(&link(5, 6)));
+        assert!(!repository.lists_layer_link(&link(4, 4)));
+        assert!(repository.lists_revision(&link(8, 1)));
+        assert!(
+            !repository.lists_revision(&link(9, 9)),
+            "a layer link is no revision"
+        );
+        let names: Vec<&str> = repository.tags.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(names, ["a", "b", "c"]);
+        let a = repository.tag("a").unwrap();
+        assert!(a.current.is_some());
+        assert_eq!(a.index, [link(8, 1)]);
+        assert_eq!(repository.tag("b").map(|t| t.name.as_str()), Some("b"));
+        assert!(repository.tag("d").is_none());
     }
 
     #[tokio::test]
