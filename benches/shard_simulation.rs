@@ -4,7 +4,11 @@
 //!
 //! ```text
 //! cargo bench --bench shard_simulation -- 10000000 4
+//! cargo bench --bench shard_simulation -- --images-per-repository 1000000 1000000 4
 //! ```
+//!
+//! `--images-per-repository N` puts N images in every repository instead of four (`1000000`: one
+//! huge repository, which one shard owns).
 //!
 //! Every step runs in a child process of its own (peak RSS is per process): `gc` (scan, mark, plan,
 //! re-mark and sweep in one), `mark` (the same up to the plan, then the mark state, written to a
@@ -32,7 +36,7 @@ use regsweep::run_id::RunId;
 use regsweep::shard::Shard;
 use regsweep::state::{Expectations, MarkState, StateLocation};
 use regsweep::storage::Storage;
-use synthetic::{SyntheticRegistry, peak_rss};
+use synthetic::{Shape, SyntheticRegistry, peak_rss};
 
 /// The synthetic storage's ID (`_regsweep/id` elsewhere).
 const ID: &str = "synthetic";
@@ -64,12 +68,13 @@ fn options() -> GcOptions {
 
 /// One step, in this (child) process: `gc`, `mark` or `sweep I N`. Writes the blobs it deleted
 /// (a roaring bitmap of synthetic blob indices) to `deleted`, and prints one JSON line.
-fn child(step: &[String], blobs: u32, created: SystemTime, state: &Path, deleted: &Path) {
+fn child(step: &[String], shape: Shape, created: SystemTime, state: &Path, deleted: &Path) {
+    let blobs = shape.blobs;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .expect("a runtime");
-    let registry = SyntheticRegistry::new(blobs, created);
+    let registry = SyntheticRegistry::new(shape, created);
     let garbage = registry.shape().garbage();
     let recorded = Arc::clone(&registry.deleted);
     let storage: Arc<dyn Storage> = Arc::new(registry);
@@ -154,7 +159,7 @@ fn child(step: &[String], blobs: u32, created: SystemTime, state: &Path, deleted
 fn run(
     me: &Path,
     step: &[&str],
-    blobs: u32,
+    shape: Shape,
     created: SystemTime,
     dir: &Path,
 ) -> (Value, RoaringBitmap) {
@@ -165,7 +170,11 @@ fn run(
         .as_millis();
     let out = std::process::Command::new(me)
         .arg("--child")
-        .args([blobs.to_string(), created_ms.to_string()])
+        .args([
+            shape.blobs.to_string(),
+            shape.images_per_repository.to_string(),
+            created_ms.to_string(),
+        ])
         .arg(dir.join("mark.state"))
         .arg(&deleted)
         .args(step)
@@ -183,12 +192,12 @@ fn run(
     (line, bitmap)
 }
 
-fn simulate(blobs: u32, shards: u32) {
+fn simulate(shape: Shape, shards: u32) {
     let me = std::env::current_exe().expect("the benchmark's path");
     let dir = tempfile::tempdir().unwrap();
     let created = SystemTime::now() - AGE;
-    let (single, single_deleted) = run(&me, &["gc"], blobs, created, dir.path());
-    let (mark, _) = run(&me, &["mark"], blobs, created, dir.path());
+    let (single, single_deleted) = run(&me, &["gc"], shape, created, dir.path());
+    let (mark, _) = run(&me, &["mark"], shape, created, dir.path());
     let mut rows = vec![single.clone(), mark];
     let mut union = RoaringBitmap::new();
     let mut total = [0u64; WORK.len()];
@@ -196,7 +205,7 @@ fn simulate(blobs: u32, shards: u32) {
         let (line, deleted) = run(
             &me,
             &["sweep", &i.to_string(), &shards.to_string()],
-            blobs,
+            shape,
             created,
             dir.path(),
         );
@@ -254,22 +263,32 @@ fn main() {
     // `cargo bench` passes `--bench`; `cargo test --all-targets` runs this without it, and then a
     // small registry checks the shards against one run.
     let benching = std::env::args().any(|a| a == "--bench");
-    let args: Vec<String> = std::env::args()
+    let mut args: Vec<String> = std::env::args()
         .skip(1)
         .filter(|a| a != "--bench")
         .collect();
-    if let [flag, blobs, created_ms, state, deleted, step @ ..] = args.as_slice()
+    if let [flag, blobs, images, created_ms, state, deleted, step @ ..] = args.as_slice()
         && flag == "--child"
     {
+        let shape =
+            Shape::new(blobs.parse().unwrap()).images_per_repository(images.parse().unwrap());
         let created = SystemTime::UNIX_EPOCH + Duration::from_millis(created_ms.parse().unwrap());
         child(
             step,
-            blobs.parse().unwrap(),
+            shape,
             created,
             &PathBuf::from(state),
             Path::new(deleted),
         );
         return;
+    }
+    let mut images = synthetic::IMAGES_PER_REPOSITORY;
+    if let Some(at) = args.iter().position(|a| a == "--images-per-repository") {
+        let n = args
+            .drain(at..at + 2)
+            .nth(1)
+            .expect("--images-per-repository N");
+        images = n.replace('_', "").parse().expect("a number");
     }
     let (blobs, shards) = match args.as_slice() {
         _ if !benching => (20_000, 4),
@@ -280,5 +299,5 @@ fn main() {
             shards.parse().expect("a shard count"),
         ),
     };
-    simulate(blobs, shards);
+    simulate(Shape::new(blobs).images_per_repository(images), shards);
 }

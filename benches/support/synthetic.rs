@@ -5,7 +5,7 @@
 //!
 //! The shape, for `n` blobs: a pool of shared base layers (1 %), then images of nine blobs
 //! (manifest, config, seven layers; each image also uses two base layers), four images per
-//! repository, repositories in 100 namespaces; every tenth image is a multi-arch index over the two
+//! repository by default (any number, for one huge repository), repositories in 100 namespaces; every tenth image is a multi-arch index over the two
 //! images before it (which are then untagged children); every tenth other image is untagged (its
 //! old tag index entry remains); the last 20 % of the blobs are orphans. Every object is as old as
 //! the registry is made.
@@ -24,6 +24,7 @@ use regsweep::layout;
 use regsweep::storage::{Listing, ObjectMeta, PutCondition, Storage, StorageError, Version};
 
 pub const IMAGE_BLOBS: u32 = 9;
+/// Images per repository unless [`Shape::images_per_repository`] says otherwise.
 pub const IMAGES_PER_REPOSITORY: u32 = 4;
 pub const NAMESPACES: u32 = 100;
 
@@ -33,6 +34,7 @@ pub struct Shape {
     pub blobs: u32,
     pub base_layers: u32,
     pub images: u32,
+    pub images_per_repository: u32,
 }
 
 /// What an image is.
@@ -55,11 +57,20 @@ impl Shape {
             blobs,
             base_layers,
             images,
+            images_per_repository: IMAGES_PER_REPOSITORY,
+        }
+    }
+
+    /// The same registry with `images` images in each repository (at least one).
+    pub fn images_per_repository(self, images: u32) -> Shape {
+        Shape {
+            images_per_repository: images.max(1),
+            ..self
         }
     }
 
     pub fn repositories(&self) -> u32 {
-        self.images.div_ceil(IMAGES_PER_REPOSITORY)
+        self.images.div_ceil(self.images_per_repository)
     }
 
     pub fn role(&self, image: u32) -> Role {
@@ -147,10 +158,10 @@ impl std::fmt::Display for SyntheticRegistry {
 }
 
 impl SyntheticRegistry {
-    /// A registry of `blobs` blobs, every object modified at `modified`.
-    pub fn new(blobs: u32, modified: SystemTime) -> SyntheticRegistry {
+    /// A registry of `shape`, every object modified at `modified`.
+    pub fn new(shape: Shape, modified: SystemTime) -> SyntheticRegistry {
         SyntheticRegistry {
-            shape: Shape::new(blobs),
+            shape,
             modified,
             deleted: Arc::default(),
         }
@@ -172,30 +183,27 @@ impl SyntheticRegistry {
         format!("ns-{}/app-{repository}", repository % NAMESPACES)
     }
 
-    fn repository_objects(&self, repository: u32) -> Vec<Result<ObjectMeta, StorageError>> {
+    /// The objects of one image in repository `repository`, as its listing gives them.
+    fn image_objects(&self, repository: u32, image: u32) -> Vec<Result<ObjectMeta, StorageError>> {
         let name = Self::repository_name(repository);
         let shape = self.shape;
-        let first = repository * IMAGES_PER_REPOSITORY;
-        let mut objects = Vec::new();
-        for image in first..(first + IMAGES_PER_REPOSITORY).min(shape.images) {
-            let manifest = digest(shape.manifest(image));
-            objects.push(self.meta(layout::revision_link(&name, &manifest), 71));
-            for blob in shape.image_blobs(image) {
-                objects.push(self.meta(layout::layer_link(&name, &digest(blob)), 71));
+        let manifest = digest(shape.manifest(image));
+        let mut objects = vec![self.meta(layout::revision_link(&name, &manifest), 71)];
+        for blob in shape.image_blobs(image) {
+            objects.push(self.meta(layout::layer_link(&name, &digest(blob)), 71));
+        }
+        let tag = format!("t{image}");
+        match shape.role(image) {
+            Role::Tagged | Role::Index => {
+                objects.push(self.meta(layout::tag_current_link(&name, &tag), 71));
+                objects.push(self.meta(layout::tag_index_link(&name, &tag, &manifest), 71));
             }
-            let tag = format!("t{image}");
-            match shape.role(image) {
-                Role::Tagged | Role::Index => {
-                    objects.push(self.meta(layout::tag_current_link(&name, &tag), 71));
-                    objects.push(self.meta(layout::tag_index_link(&name, &tag, &manifest), 71));
-                }
-                Role::Untagged => {
-                    // The tag moved to the image before it.
-                    let tag = format!("t{}", image - 1);
-                    objects.push(self.meta(layout::tag_index_link(&name, &tag, &manifest), 71));
-                }
-                Role::Child => {}
+            Role::Untagged => {
+                // The tag moved to the image before it.
+                let tag = format!("t{}", image - 1);
+                objects.push(self.meta(layout::tag_index_link(&name, &tag, &manifest), 71));
             }
+            Role::Child => {}
         }
         objects
     }
@@ -277,9 +285,16 @@ impl Storage for SyntheticRegistry {
             .and_then(|s| s.strip_prefix("ns-"))
             .and_then(|s| s.trim_end_matches('/').parse::<u32>().ok())
         {
-            let repositories = self.shape.repositories();
-            return stream::iter((namespace..repositories).step_by(NAMESPACES as usize))
-                .flat_map(move |r| stream::iter(this.repository_objects(r)))
+            let shape = self.shape;
+            let per_repository = shape.images_per_repository;
+            // Image by image: a huge repository's listing is not held whole, here either.
+            return stream::iter((namespace..shape.repositories()).step_by(NAMESPACES as usize))
+                .flat_map(move |r| {
+                    let first = r * per_repository;
+                    stream::iter(first..first.saturating_add(per_repository).min(shape.images))
+                        .map(move |image| (r, image))
+                })
+                .flat_map(move |(r, image)| stream::iter(this.image_objects(r, image)))
                 .boxed();
         }
         stream::empty().boxed()
