@@ -391,7 +391,7 @@ fn roots(
             }
         }
         for entry in &tag.index {
-            let listed = scanned.is_some_and(|t| t.index.contains(entry));
+            let listed = scanned.is_some_and(|t| t.lists_index_entry(entry));
             if !listed {
                 busy = true;
                 roots.push(entry.digest);

@@ -190,7 +190,15 @@ pub struct Tag {
     pub name: String,
     /// `None` when the tag directory has no `current/link` (a half-written or half-deleted tag).
     pub current: Option<TagCurrent>,
+    /// Sorted by digest when listed: a tag pushed at every build (`latest`) has one entry per push.
     pub index: Vec<Link>,
+}
+
+impl Tag {
+    /// Whether `entry` is among the index entries, with the same modification time.
+    pub fn lists_index_entry(&self, entry: &Link) -> bool {
+        lists(&self.index, entry)
+    }
 }
 
 /// The files of one `_uploads/<id>/` directory.
@@ -246,9 +254,10 @@ impl Repository {
             || self.unknown.iter().any(|o| after(o.modified))
     }
 
-    /// Sorts the links by digest and the tags by name (for the lookups below: a repository's
-    /// listing is compared with an earlier one link by link and tag by tag) and drops the spare
-    /// capacity the listing left (an inventory holds every link of the registry).
+    /// Sorts the links (tag index entries too) by digest and the tags by name, for the lookups
+    /// below (a repository's listing is compared with an earlier one link by link and tag by tag),
+    /// and drops the spare capacity the listing left (an inventory holds every link of the
+    /// registry).
     fn finish(mut self) -> Repository {
         self.layer_links.sort_unstable_by_key(|l| l.digest);
         self.revisions.sort_unstable_by_key(|l| l.digest);
@@ -269,6 +278,7 @@ impl Repository {
         self.signatures.shrink_to_fit();
         self.tags.shrink_to_fit();
         for tag in &mut self.tags {
+            tag.index.sort_unstable_by_key(|l| l.digest);
             tag.index.shrink_to_fit();
         }
         self
@@ -294,7 +304,8 @@ impl Repository {
 }
 
 /// Whether `links` (sorted by digest) holds `link`: a binary search, since a repository may hold
-/// millions of links and the re-mark looks each of them up.
+/// millions of links and the re-mark looks each of them up. On unsorted links it can only miss, and
+/// a miss counts a link as new: it keeps more, never less.
 fn lists(links: &[Link], link: &Link) -> bool {
     links
         .binary_search_by(|l| l.digest.cmp(&link.digest))
@@ -620,7 +631,8 @@ fn add_repository_object(
             .index
             .push(Link { digest, modified }),
         RepositoryObject::Upload { id } => {
-            match repository.uploads.iter_mut().find(|u| u.id == id) {
+            // An upload's files are listed one after another: it is nearly always the last one.
+            match repository.uploads.iter_mut().rev().find(|u| u.id == id) {
                 Some(upload) => upload.files.push(object),
                 None => repository.uploads.push(Upload {
                     id: id.to_owned(),
@@ -786,7 +798,7 @@ mod tests {
                 tag("c"),
                 tag("b"),
                 Tag {
-                    index: vec![link(8, 1)],
+                    index: vec![link(8, 1), link(6, 1)],
                     ..tag("a")
                 },
             ],
@@ -812,7 +824,12 @@ mod tests {
         assert_eq!(names, ["a", "b", "c"]);
         let a = repository.tag("a").unwrap();
         assert!(a.current.is_some());
-        assert_eq!(a.index, [link(8, 1)]);
+        assert_eq!(a.index, [link(6, 1), link(8, 1)]);
+        assert!(a.lists_index_entry(&link(8, 1)) && a.lists_index_entry(&link(6, 1)));
+        assert!(
+            !a.lists_index_entry(&link(8, 2)),
+            "the entry written again since"
+        );
         assert_eq!(repository.tag("b").map(|t| t.name.as_str()), Some("b"));
         assert!(repository.tag("d").is_none());
     }
