@@ -91,12 +91,16 @@ impl Shape {
     /// orphans in all but name, and counted as such).
     pub fn image_blobs(&self, image: u32) -> impl Iterator<Item = u32> {
         let first = self.manifest(image);
-        let bases = [
+        let own = (self.role(image) != Role::Index).then_some(first + 1..first + IMAGE_BLOBS);
+        own.into_iter().flatten().chain(self.bases(image))
+    }
+
+    /// The two base layers an image uses (blobs below [`Shape::base_layers`]).
+    pub fn bases(&self, image: u32) -> [u32; 2] {
+        [
             mix(u64::from(image)) as u32 % self.base_layers,
             mix(u64::from(image) + 7) as u32 % self.base_layers,
-        ];
-        let own = (self.role(image) != Role::Index).then_some(first + 1..first + IMAGE_BLOBS);
-        own.into_iter().flatten().chain(bases)
+        ]
     }
 
     /// What a dry run without `--delete-untagged` must plan to delete: every blob no manifest
@@ -134,7 +138,7 @@ pub fn index_of(digest: &Digest) -> u32 {
     u32::from_le_bytes(digest.as_bytes()[28..].try_into().unwrap())
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct SyntheticRegistry {
     shape: Shape,
     modified: SystemTime,
@@ -183,13 +187,29 @@ impl SyntheticRegistry {
         format!("ns-{}/app-{repository}", repository % NAMESPACES)
     }
 
-    /// The objects of one image in repository `repository`, as its listing gives them.
+    /// The `_layers` links of the base layers the images of repository `repository` use: each
+    /// once, as a registry links a blob once per repository.
+    fn base_objects(
+        &self,
+        repository: u32,
+        images: std::ops::Range<u32>,
+    ) -> Vec<Result<ObjectMeta, StorageError>> {
+        let name = Self::repository_name(repository);
+        let bases: RoaringBitmap = images.flat_map(|image| self.shape.bases(image)).collect();
+        bases
+            .iter()
+            .map(|base| self.meta(layout::layer_link(&name, &digest(base)), 71))
+            .collect()
+    }
+
+    /// The objects of one image in repository `repository`, as its listing gives them (its base
+    /// layers' links are the repository's: [`SyntheticRegistry::base_objects`]).
     fn image_objects(&self, repository: u32, image: u32) -> Vec<Result<ObjectMeta, StorageError>> {
         let name = Self::repository_name(repository);
         let shape = self.shape;
         let manifest = digest(shape.manifest(image));
         let mut objects = vec![self.meta(layout::revision_link(&name, &manifest), 71)];
-        for blob in shape.image_blobs(image) {
+        for blob in shape.image_blobs(image).filter(|&b| b >= shape.base_layers) {
             objects.push(self.meta(layout::layer_link(&name, &digest(blob)), 71));
         }
         let tag = format!("t{image}");
@@ -266,11 +286,7 @@ fn unsupported<T: Send + 'static>(key: &str) -> BoxFuture<'static, Result<T, Sto
 
 impl Storage for SyntheticRegistry {
     fn list(&self, prefix: &str) -> BoxStream<'static, Result<ObjectMeta, StorageError>> {
-        let this = SyntheticRegistry {
-            shape: self.shape,
-            modified: self.modified,
-            deleted: Arc::clone(&self.deleted),
-        };
+        let this = self.clone();
         if let Some(shard) = prefix
             .strip_prefix(layout::SHA256_BLOBS)
             .and_then(|s| u32::from_str_radix(s.trim_end_matches('/'), 16).ok())
@@ -291,10 +307,14 @@ impl Storage for SyntheticRegistry {
             return stream::iter((namespace..shape.repositories()).step_by(NAMESPACES as usize))
                 .flat_map(move |r| {
                     let first = r * per_repository;
-                    stream::iter(first..first.saturating_add(per_repository).min(shape.images))
-                        .map(move |image| (r, image))
+                    let images = first..first.saturating_add(per_repository).min(shape.images);
+                    let this = this.clone();
+                    let bases = this.base_objects(r, images.clone());
+                    stream::iter(bases).chain(
+                        stream::iter(images)
+                            .flat_map(move |image| stream::iter(this.image_objects(r, image))),
+                    )
                 })
-                .flat_map(move |(r, image)| stream::iter(this.image_objects(r, image)))
                 .boxed();
         }
         stream::empty().boxed()
