@@ -221,14 +221,10 @@ impl Exposition {
             "1 when the last run had no error, else 0.",
             success,
         );
-        let at = now
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_secs_f64();
         self.single(
             "last_run_timestamp_seconds",
             "When the last run ended, in seconds since the epoch.",
-            format!("{at:.3}"),
+            epoch_seconds(now),
         );
         self.text
     }
@@ -327,19 +323,24 @@ pub fn render_progress(
         ]
         .map(|(kind, n)| (format!(",kind=\"{kind}\""), n.to_string())),
     );
-    let at = now
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs_f64();
     out.single(
         "progress_timestamp_seconds",
         "When this progress was written, in seconds since the epoch.",
-        format!("{at:.3}"),
+        epoch_seconds(now),
     );
     out.text
 }
 
 /// A label value as the exposition format quotes it.
+/// `time` as a gauge value: seconds since the epoch, to the millisecond.
+fn epoch_seconds(time: SystemTime) -> String {
+    let seconds = time
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64();
+    format!("{seconds:.3}")
+}
+
 fn escape(value: &str) -> String {
     value
         .replace('\\', "\\\\")
