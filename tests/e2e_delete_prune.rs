@@ -162,10 +162,6 @@ fn scene(ages: &[(&str, &str, Duration)]) -> Scene {
 }
 
 impl Scene {
-    fn config(&self) -> String {
-        self.registry.config_path().to_string_lossy().into_owned()
-    }
-
     /// The model after `repo:tag` was removed.
     fn untag(&mut self, repo: &str, tag: &str) {
         let removed = self.model.tags.get_mut(repo).and_then(|t| t.remove(tag));
@@ -231,7 +227,7 @@ impl Scene {
 fn delete_removes_tags_manifests_and_repositories_and_keeps_what_remains() {
     let mut s = scene(&[]);
     s.registry.stop();
-    let config = s.config();
+    let config = s.registry.config_arg();
     let metrics = s._dir.path().join("regsweep.prom");
     let metrics_arg = metrics.to_string_lossy().into_owned();
     let run = regsweep(&[
@@ -322,7 +318,7 @@ fn delete_removes_tags_manifests_and_repositories_and_keeps_what_remains() {
 fn delete_refuses_missing_targets_and_tagged_digests_and_changes_nothing() {
     let mut s = scene(&[]);
     s.registry.stop();
-    let config = s.config();
+    let config = s.registry.config_arg();
     let root = s.registry.storage_root();
     let before = tree_snapshot(&root);
     let metrics = s._dir.path().join("refused.prom");
@@ -433,7 +429,7 @@ fn prune_keeps_by_rule_and_sweeps_the_rest() {
     s.registry.stop();
     let policy = s._dir.path().join("policy.json");
     std::fs::write(&policy, POLICY).unwrap();
-    let config = s.config();
+    let config = s.registry.config_arg();
     let policy_arg = policy.to_string_lossy().into_owned();
     let run = regsweep(&[
         "prune",
@@ -487,7 +483,7 @@ fn prune_dry_run_prints_each_decision_and_changes_nothing() {
     s.registry.stop();
     let root = s.registry.storage_root();
     let before = tree_snapshot(&root);
-    let config = s.config();
+    let config = s.registry.config_arg();
     // The simple-case flags: the second rule of the policy, for team/** only.
     let run = regsweep(&[
         "prune",
@@ -553,7 +549,7 @@ fn a_tag_pushed_again_during_a_prune_keeps_its_repository() {
     fs::write(&policy, POLICY).unwrap();
     let barrier = s._dir.path().join("go-on");
     let (config, policy_arg, barrier_arg) = (
-        s.config(),
+        s.registry.config_arg(),
         policy.to_string_lossy().into_owned(),
         barrier.to_string_lossy().into_owned(),
     );
@@ -619,7 +615,7 @@ fn delete_with_quarantine_is_undone_by_restore() {
     s.registry.stop();
     let root = s.registry.storage_root();
     let before = registry_files(&root);
-    let config = s.config();
+    let config = s.registry.config_arg();
     let run = regsweep(&[
         "delete",
         &config,

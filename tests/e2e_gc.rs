@@ -21,13 +21,9 @@ fn regsweep(args: &[&str]) -> RunOutput {
     run_regsweep(Path::new(env!("CARGO_BIN_EXE_regsweep")), args)
 }
 
-fn config(f: &Fixture) -> String {
-    f.registry.config_path().to_string_lossy().into_owned()
-}
-
 /// `regsweep gc <config> --min-age 0s --format json --plan-file <plan> [extra…]`.
 fn gc(f: &Fixture, plan: &Path, extra: &[&str]) -> RunOutput {
-    let config = config(f);
+    let config = f.registry.config_arg();
     let plan = plan.to_string_lossy().into_owned();
     let mut args = vec![
         "gc",
@@ -185,7 +181,7 @@ fn dry_run_changes_nothing_and_plans_exactly_what_the_run_deletes() {
     assert_eq!(dry.json()["dry_run"], true);
 
     // The text form prints the same plan, one line per key.
-    let config = config(&f);
+    let config = f.registry.config_arg();
     let text = regsweep(&["gc", &config, "-m", "--dry-run", "--min-age", "0s"]);
     text.assert_success();
     let dry_entries = read_plan(&dry_plan);
@@ -326,7 +322,7 @@ fn the_default_grace_period_keeps_everything_young_and_removes_stale_uploads() {
     f.registry.stop();
     let root = f.registry.storage_root();
     let before = tree_snapshot(&root);
-    let config = config(&f);
+    let config = f.registry.config_arg();
     // Default --min-age 1h: everything was just pushed, only the upload backdated past the
     // default --upload-max-age (168h) may go. The failing restart command makes the exit status
     // non-zero.

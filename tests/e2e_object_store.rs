@@ -47,7 +47,7 @@ fn stopped_s3_registry() -> (MotoServer, Fixture, String) {
     moto.create_bucket(BUCKET);
     let mut f = Fixture::build_s3(&moto, BUCKET);
     f.registry.stop();
-    let config = f.registry.config_path().to_string_lossy().into_owned();
+    let config = f.registry.config_arg();
     (moto, f, config)
 }
 

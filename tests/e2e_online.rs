@@ -31,10 +31,6 @@ fn regsweep(args: &[&str]) -> RunOutput {
     run_regsweep(bin(), args)
 }
 
-fn config(f: &Fixture) -> String {
-    f.registry.config_path().to_string_lossy().into_owned()
-}
-
 /// The content of a blob, read from the filesystem storage.
 fn blob_bytes(v2: &Path, digest: &str) -> Vec<u8> {
     let path = blob_file(v2, digest);
@@ -91,7 +87,7 @@ fn pushes_during_a_collection_with_the_default_grace_period_all_pull_afterwards(
 
     let barrier = f.dir().join("go-on");
     let barrier_text = barrier.to_string_lossy().into_owned();
-    let config = config(&f);
+    let config = f.registry.config_arg();
     let mut gc = Background::start(
         bin(),
         &["gc", &config, "-m", "--format", "json"],
@@ -206,7 +202,7 @@ fn killed_at_any_point_of_the_sweep_every_tag_still_pulls_and_a_second_run_finis
     let storage = f.registry.storage_root();
     let pristine = f.dir().join("pristine");
     copy_tree(&storage, &pristine);
-    let config = config(&f);
+    let config = f.registry.config_arg();
     let plan = f.dir().join("plan.jsonl");
     let plan_text = plan.to_string_lossy().into_owned();
     regsweep(&[
@@ -273,7 +269,7 @@ fn killed_at_any_point_of_the_sweep_every_tag_still_pulls_and_a_second_run_finis
 fn the_run_lock_refuses_a_second_run_and_is_taken_over_after_its_lease_or_by_force() {
     let mut f = Fixture::build();
     f.registry.stop();
-    let config = config(&f);
+    let config = f.registry.config_arg();
     let barrier = f.dir().join("never");
     let barrier_text = barrier.to_string_lossy().into_owned();
     let gc_args = [
@@ -354,7 +350,7 @@ fn the_run_lock_refuses_a_second_run_and_is_taken_over_after_its_lease_or_by_for
 fn pre_and_post_commands_wrap_the_run_and_a_failed_pre_command_stops_it() {
     let mut f = Fixture::build();
     f.registry.stop();
-    let config = config(&f);
+    let config = f.registry.config_arg();
     let log: PathBuf = f.dir().join("hooks.log");
     let pre = format!("echo pre >> '{}'", log.display());
     let post = format!("echo post >> '{}'", log.display());
@@ -440,7 +436,7 @@ fn a_quarantine_killed_mid_way_keeps_every_tag_pullable_and_restores_exactly() {
     let pristine = f.dir().join("pristine");
     copy_tree(&storage, &pristine);
     let original = files(&storage);
-    let config = config(&f);
+    let config = f.registry.config_arg();
     let plan = f.dir().join("plan.jsonl");
     let plan_text = plan.to_string_lossy().into_owned();
     regsweep(&[

@@ -29,10 +29,6 @@ fn regsweep(args: &[&str]) -> RunOutput {
     run_regsweep(Path::new(env!("CARGO_BIN_EXE_regsweep")), args)
 }
 
-fn config(f: &Fixture) -> String {
-    f.registry.config_path().to_string_lossy().into_owned()
-}
-
 /// `regsweep gc <config> --quarantine -m --min-age 0s --format json`, which must succeed; returns
 /// the summary and the run's ID.
 fn gc_quarantine(config: &str) -> (serde_json::Value, String) {
@@ -169,7 +165,7 @@ fn quarantine_restore_and_purge_on_a_filesystem() {
     let mut f = Fixture::build();
     f.registry.stop();
     let root = f.registry.storage_root();
-    let config = config(&f);
+    let config = f.registry.config_arg();
     let before = registry_files(&root);
     assert_untagged_manifests_were_quarantined(&f.model);
 
@@ -322,7 +318,7 @@ fn quarantine_and_restore_on_s3() {
     moto.create_bucket(BUCKET);
     let mut f = Fixture::build_s3(&moto, BUCKET);
     f.registry.stop();
-    let config = config(&f);
+    let config = f.registry.config_arg();
     let download = || {
         let dir = tempfile::tempdir().unwrap();
         moto.download(BUCKET, &format!("{S3_ROOT}/"), dir.path());

@@ -341,7 +341,7 @@ fn expected(built: &Built) -> Value {
 }
 
 fn report(built: &Built, extra: &[&str]) -> RunOutput {
-    let config = built.registry.config_path().to_string_lossy().into_owned();
+    let config = built.registry.config_arg();
     let mut args = vec!["report", config.as_str(), "--min-age", "0s"];
     args.extend_from_slice(extra);
     let run = regsweep(&args);
@@ -460,7 +460,7 @@ fn report_numbers_equal_the_ground_truth_and_nothing_changes() {
     assert!(!root.join("_regsweep").exists(), "the report left objects");
 
     // And a collection then frees what the report said it would.
-    let config = built.registry.config_path().to_string_lossy().into_owned();
+    let config = built.registry.config_arg();
     let gc = regsweep(&["gc", &config, "-m", "--min-age", "0s", "--format", "json"]);
     gc.assert_success();
     let summary = gc.json();
@@ -483,7 +483,7 @@ fn s3_report_prices_the_requests_the_server_saw() {
     moto.create_bucket("registry");
     let mut f = Fixture::build_s3(&moto, "registry");
     f.registry.stop();
-    let config = f.registry.config_path().to_string_lossy().into_owned();
+    let config = f.registry.config_arg();
 
     let mark = moto.log_mark();
     let run = regsweep(&["report", &config, "--min-age", "0s", "--format", "json"]);

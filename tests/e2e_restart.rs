@@ -174,7 +174,7 @@ impl Scene {
     /// `regsweep gc <config> --min-age 0s --format json [extra…]`, checked to have collected the
     /// doomed images.
     fn gc(&self, extra: &[&str]) -> RunOutput {
-        let config = self.registry.config_path().to_string_lossy().into_owned();
+        let config = self.registry.config_arg();
         let mut args = vec!["gc", config.as_str(), "--min-age", "0s", "--format", "json"];
         args.extend_from_slice(extra);
         let run = run_regsweep(Path::new(env!("CARGO_BIN_EXE_regsweep")), &args);

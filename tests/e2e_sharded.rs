@@ -41,10 +41,6 @@ fn regsweep(args: &[&str]) -> RunOutput {
     run_regsweep(bin(), args)
 }
 
-fn config(f: &Fixture) -> String {
-    f.registry.config_path().to_string_lossy().into_owned()
-}
-
 fn kept_uploads(model: &Model) -> BTreeSet<(String, String)> {
     model
         .kept_uploads(168)
@@ -53,39 +49,28 @@ fn kept_uploads(model: &Model) -> BTreeSet<(String, String)> {
         .collect()
 }
 
-/// `regsweep mark <location…> --state <state> -m --min-age 0s --format json`.
-fn mark(location: &[&str], state: &str) -> RunOutput {
-    let mut args = vec!["mark"];
+/// `regsweep <command> <location…> -m --min-age 0s --format json [extra…]`: the options every
+/// run here shares (a mark's sweep must repeat them).
+fn run_with(command: &str, location: &[&str], extra: &[&str]) -> RunOutput {
+    let mut args = vec![command];
     args.extend_from_slice(location);
-    args.extend_from_slice(&[
-        "--state",
-        state,
-        "-m",
-        "--min-age",
-        "0s",
-        "--format",
-        "json",
-    ]);
-    let run = regsweep(&args);
+    args.extend_from_slice(&["-m", "--min-age", "0s", "--format", "json"]);
+    args.extend_from_slice(extra);
+    regsweep(&args)
+}
+
+/// `regsweep mark <location…> -m --min-age 0s --format json --state <state>`, which must succeed.
+fn mark(location: &[&str], state: &str) -> RunOutput {
+    let run = run_with("mark", location, &["--state", state]);
     run.assert_success();
     run
 }
 
-/// `regsweep sweep <location…> --state <state> -m --min-age 0s --format json [extra…]`.
+/// `regsweep sweep <location…> -m --min-age 0s --format json --state <state> [extra…]`.
 fn sweep(location: &[&str], state: &str, extra: &[&str]) -> RunOutput {
-    let mut args = vec!["sweep"];
-    args.extend_from_slice(location);
-    args.extend_from_slice(&[
-        "--state",
-        state,
-        "-m",
-        "--min-age",
-        "0s",
-        "--format",
-        "json",
-    ]);
-    args.extend_from_slice(extra);
-    regsweep(&args)
+    let mut extra_args = vec!["--state", state];
+    extra_args.extend_from_slice(extra);
+    run_with("sweep", location, &extra_args)
 }
 
 /// The blob digests a plan file deletes.
@@ -105,7 +90,7 @@ fn old_and_marked() -> (Fixture, String, String) {
         &f.registry.storage_root(),
         SystemTime::now() - Duration::from_secs(2 * 3600),
     );
-    let config = config(&f);
+    let config = f.registry.config_arg();
     let state = f.dir().join("mark.state").to_string_lossy().into_owned();
     regsweep(&["mark", &config, "--state", &state, "-m"]).assert_success();
     (f, config, state)
@@ -133,19 +118,10 @@ fn four_shards_of_one_mark_leave_exactly_what_one_gc_leaves_and_every_tag_pulls(
     let single = f.dir().join("single");
     copy_tree(&root, &single);
     let single_url = single.to_string_lossy().into_owned();
-    let gc = regsweep(&[
-        "gc",
-        "--storage",
-        &single_url,
-        "-m",
-        "--min-age",
-        "0s",
-        "--format",
-        "json",
-    ]);
+    let gc = run_with("gc", &["--storage", &single_url], &[]);
     gc.assert_success();
 
-    let config = config(&f);
+    let config = f.registry.config_arg();
     let metrics = f.dir().join("mark.prom");
     let metrics_arg = metrics.to_string_lossy().into_owned();
     let marked = mark(
@@ -245,7 +221,7 @@ fn four_shards_of_one_mark_leave_exactly_what_one_gc_leaves_and_every_tag_pulls(
 fn a_killed_sweep_started_again_from_the_same_state_finishes_and_loses_nothing() {
     let mut f = Fixture::build();
     f.registry.stop();
-    let config = config(&f);
+    let config = f.registry.config_arg();
     let state = f.dir().join("mark.state");
     let state = state.to_string_lossy().into_owned();
     mark(&[&config], &state);
@@ -369,12 +345,9 @@ fn what_is_pushed_between_the_mark_and_the_sweep_survives_the_sweep() {
     }
     // A layer the repository still links, used again without an upload (the client finds it
     // there): nothing but the new manifest says it is live.
-    let reused = w.already_linked(&linked_repo, fs::read(blob_file(&linked)).unwrap());
-    let image = w.image(
+    let (image, reused) = w.image_on_linked_layer(
         &linked_repo,
-        Format::Oci,
-        std::slice::from_ref(&reused),
-        "amd64",
+        fs::read(blob_file(&linked)).unwrap(),
         Ref::Tag("reused"),
         "after the mark, through an old link",
     );
@@ -442,12 +415,9 @@ fn what_is_pushed_while_the_sweep_is_between_its_plan_and_its_deletions_survives
     // … while a manifest uses the blob through the link its repository kept, without an upload.
     let client = f.registry.client();
     let mut w = Workload::new(&client, None, "pushed while the sweep waited");
-    let reused = w.already_linked(&repo, fs::read(blob_file(&linked)).unwrap());
-    let image = w.image(
+    let (image, _) = w.image_on_linked_layer(
         &repo,
-        Format::Oci,
-        std::slice::from_ref(&reused),
-        "amd64",
+        fs::read(blob_file(&linked)).unwrap(),
         Ref::Tag("while-sweeping"),
         "pushed while the sweep waited",
     );
@@ -474,7 +444,7 @@ fn what_is_pushed_while_the_sweep_is_between_its_plan_and_its_deletions_survives
 fn an_image_restored_with_its_old_times_between_the_mark_and_the_sweep_survives() {
     let mut f = Fixture::build();
     f.registry.stop();
-    let config = config(&f);
+    let config = f.registry.config_arg();
     let (repo, tags) = f.model.surviving_tags().into_iter().next().unwrap();
     let tag = tags.keys().next().unwrap().clone();
     // Quarantined (on a filesystem, moved: the objects keep their times) before the mark…
@@ -512,7 +482,7 @@ fn an_image_restored_with_its_old_times_between_the_mark_and_the_sweep_survives(
 fn a_stale_mismatched_foreign_or_corrupt_state_is_refused_and_nothing_is_deleted() {
     let mut f = Fixture::build();
     f.registry.stop();
-    let config = config(&f);
+    let config = f.registry.config_arg();
     let root = f.registry.storage_root();
     let state_path = f.dir().join("mark.state");
     let state = state_path.to_string_lossy().into_owned();
@@ -625,7 +595,7 @@ fn s3_four_shards_of_one_mark_in_the_bucket_leave_exactly_the_live_set() {
     moto.create_bucket(BUCKET);
     let mut f = Fixture::build_s3(&moto, BUCKET);
     f.registry.stop();
-    let config = config(&f);
+    let config = f.registry.config_arg();
     let prefix = f.registry.s3_v2_prefix();
     let root = prefix.trim_end_matches("docker/registry/v2/");
 
@@ -647,15 +617,7 @@ fn s3_four_shards_of_one_mark_in_the_bucket_leave_exactly_the_live_set() {
     let single_config = f.dir().join("single.yml");
     fs::write(&single_config, single_text).unwrap();
     let single_config = single_config.to_string_lossy().into_owned();
-    let gc = regsweep(&[
-        "gc",
-        &single_config,
-        "-m",
-        "--min-age",
-        "0s",
-        "--format",
-        "json",
-    ]);
+    let gc = run_with("gc", &[&single_config], &[]);
     gc.assert_success();
 
     mark(&[&config], "registry:nightly");

@@ -178,7 +178,7 @@ fn html_report_draws_its_charts_in_headless_chromium() {
     let mut f = Fixture::build();
     f.registry.stop();
     age_blobs(&f.v2_root());
-    let config = f.registry.config_path().to_string_lossy().into_owned();
+    let config = f.registry.config_arg();
     let bin = Path::new(env!("CARGO_BIN_EXE_regsweep"));
     let page = f.dir().join("report.html");
     let page_arg = page.to_string_lossy().into_owned();

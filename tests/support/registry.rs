@@ -392,6 +392,11 @@ impl Registry {
         self.dir.join("config.yml")
     }
 
+    /// [`Registry::config_path`] as regsweep's command line takes it.
+    pub fn config_arg(&self) -> String {
+        self.config_path().to_string_lossy().into_owned()
+    }
+
     pub fn log_path(&self) -> PathBuf {
         self.dir.join("registry.log")
     }

@@ -75,23 +75,29 @@ impl<'a> Workload<'a> {
 
     /// Uploads `bytes` into `repo` and records the blob.
     pub fn upload(&mut self, repo: &str, bytes: Vec<u8>) -> String {
-        self.repo(repo);
         let digest = self.client.push_blob(repo, &bytes);
-        self.model.blobs.insert(digest.clone(), bytes.len() as u64);
-        self.model
-            .blob_links
-            .entry(repo.to_owned())
-            .or_default()
-            .insert(digest.clone());
-        self.bytes.insert(digest.clone(), bytes);
-        digest
+        self.record_link(repo, digest, bytes)
     }
 
-    /// A blob `repo` already links (a client that finds it there uploads nothing): recorded, not
-    /// pushed.
-    pub fn already_linked(&mut self, repo: &str, bytes: Vec<u8>) -> String {
+    /// Pushes a one-layer OCI image (amd64) whose layer, `bytes`, `repo` already links: a client
+    /// that finds the layer there uploads nothing, so only the new manifest says it is live.
+    /// Returns the image and the layer's digest.
+    pub fn image_on_linked_layer(
+        &mut self,
+        repo: &str,
+        bytes: Vec<u8>,
+        reference: Ref<'_>,
+        note: &str,
+    ) -> (Pushed, String) {
+        let layer = self.record_link(repo, digest_of(&bytes), bytes);
+        let layers = std::slice::from_ref(&layer);
+        let image = self.image(repo, Format::Oci, layers, "amd64", reference, note);
+        (image, layer)
+    }
+
+    /// Records blob `digest` (`bytes`), linked in `repo`; returns the digest.
+    fn record_link(&mut self, repo: &str, digest: String, bytes: Vec<u8>) -> String {
         self.repo(repo);
-        let digest = digest_of(&bytes);
         self.model.blobs.insert(digest.clone(), bytes.len() as u64);
         self.model
             .blob_links
