@@ -105,10 +105,7 @@ fn universe_and_mark_set(c: &mut Criterion) {
 fn registry(images: usize) -> (Inventory, ManifestCatalog) {
     let old = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
     let all = digests(6 * images);
-    let link = |digest: Digest| Link {
-        digest,
-        modified: old,
-    };
+    let link = |digest: Digest| Link::new(digest, old);
     let mut repositories = Vec::new();
     let mut refs = Vec::new();
     for (i, image) in all[..5 * images].chunks_exact(5).enumerate() {

@@ -141,7 +141,7 @@ fn referenced_unlisted(
             }
         }
         for link in &repo.revisions {
-            note(&link.digest, link.modified, &|| {
+            note(&link.digest, link.modified(), &|| {
                 format!("revision of repository {name}")
             });
         }
@@ -177,10 +177,7 @@ mod tests {
     }
 
     fn link(digest: Digest) -> Link {
-        Link {
-            digest,
-            modified: SystemTime::UNIX_EPOCH,
-        }
+        Link::new(digest, SystemTime::UNIX_EPOCH)
     }
 
     /// Repository `app`: tag v1 → manifest 1 (listed; references child 4 and layer 5, not listed),

@@ -758,10 +758,7 @@ mod tests {
     }
 
     fn link(n: u8) -> Link {
-        Link {
-            digest: d(n),
-            modified: at(MARCH),
-        }
+        Link::new(d(n), at(MARCH))
     }
 
     fn tag(name: &str, n: u8) -> Tag {

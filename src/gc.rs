@@ -25,7 +25,7 @@ use crate::remark;
 use crate::report::{Summary, error_chain};
 use crate::restart::Deleted;
 use crate::run_id::RunId;
-use crate::scan::{self, Inventory, Repository, ScanError, Tag, Upload};
+use crate::scan::{self, Inventory, Listed, Repository, ScanError, Tag, Upload};
 use crate::select::{self, Decision, Released, Request, SelectError, Selection};
 use crate::shard::Shard;
 use crate::state::{self, Baseline, MarkState, StateHeader};
@@ -582,8 +582,9 @@ impl Collection {
         let concurrency = self.options.concurrency.max(1);
         let cutoff = from.baseline.cutoff();
         let (mut repos, oversize) =
-            scan::list_repositories(&self.storage, concurrency, &|_, link| {
-                link.modified > cutoff
+            scan::list_repositories(&self.storage, concurrency, &|_, listed| match listed {
+                Listed::LayerLink(link) => link.modified() > cutoff,
+                _ => true,
             })
             .await?;
         let busy =
@@ -641,7 +642,7 @@ fn refuse_kept_requests(
         let young = repo
             .revisions
             .iter()
-            .any(|l| l.digest == *digest && l.modified > cutoff);
+            .any(|l| l.digest == *digest && l.modified() > cutoff);
         let live = inventory
             .blobs
             .index(digest)

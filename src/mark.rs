@@ -424,19 +424,19 @@ fn mark_repository(
             }
         }
         // A young index entry may be a tag being written (index first, then current).
-        for entry in tag.index.iter().filter(|l| young(l.modified)) {
+        for entry in tag.index.iter().filter(|l| young(l.modified())) {
             push(&mut pending, &entry.digest);
         }
     }
     let is_released = |digest: &Digest| released.is_some_and(|r| r.contains(digest));
     for revision in &repo.revisions {
         let root = !options.delete_untagged && !is_released(&revision.digest);
-        if root || young(revision.modified) {
+        if root || young(revision.modified()) {
             push(&mut pending, &revision.digest);
         }
     }
     // A young layer link is an upload whose manifest may not be pushed yet.
-    for link in repo.layer_links.iter().filter(|l| young(l.modified)) {
+    for link in repo.layer_links.iter().filter(|l| young(l.modified())) {
         if let Some(index) = universe.index(&link.digest) {
             marks.layers.insert(index);
         }
@@ -569,10 +569,7 @@ mod tests {
             blobs: BlobUniverse::new(vec![(digest, 10, SystemTime::UNIX_EPOCH)]),
             repositories: vec![Repository {
                 name: "app".to_owned(),
-                revisions: vec![Link {
-                    digest,
-                    modified: SystemTime::UNIX_EPOCH,
-                }],
+                revisions: vec![Link::new(digest, SystemTime::UNIX_EPOCH)],
                 ..Repository::default()
             }],
             ..Inventory::default()

@@ -348,7 +348,7 @@ fn plan_repository(
     // Manifests: revision links that no live thing reaches, with their signature links.
     let mut kept_revisions: HashSet<Digest> = HashSet::new();
     for revision in &repo.revisions {
-        if live(&revision.digest) || !old(revision.modified) {
+        if live(&revision.digest) || !old(revision.modified()) {
             kept_revisions.insert(revision.digest);
             continue;
         }
@@ -386,7 +386,7 @@ fn plan_repository(
         let broken = target.is_none_or(|d| universe.index(&d).is_none());
         if broken {
             let current_old = tag.current.as_ref().is_none_or(|c| old(c.modified));
-            if current_old && tag.index.iter().all(|l| old(l.modified)) {
+            if current_old && tag.index.iter().all(|l| old(l.modified())) {
                 let mut doomed: Vec<String> = tag
                     .index
                     .iter()
@@ -403,7 +403,7 @@ fn plan_repository(
         for entry in &tag.index {
             let keep = Some(entry.digest) == target
                 || kept_revisions.contains(&entry.digest)
-                || !old(entry.modified);
+                || !old(entry.modified());
             if !keep {
                 let key = layout::tag_index_link(name, &tag.name, &entry.digest);
                 deletions.push(keys(Kind::TagIndexEntry, Phase::Manifests, vec![key]));
@@ -417,7 +417,7 @@ fn plan_repository(
         let referenced = universe
             .index(&link.digest)
             .is_some_and(|i| marks.layers.contains(i) || marks.manifests.contains(i));
-        if referenced || !old(link.modified) {
+        if referenced || !old(link.modified()) {
             kept_anything = true;
         } else {
             deletions.push(Deletion {
@@ -610,10 +610,7 @@ mod tests {
     }
 
     fn link(digest: Digest) -> Link {
-        Link {
-            digest,
-            modified: at(2 * HOUR),
-        }
+        Link::new(digest, at(2 * HOUR))
     }
 
     fn tag(name: &str, target: Digest) -> Tag {
@@ -792,7 +789,8 @@ mod tests {
     fn young_objects_and_their_closure_stay() {
         let mut f = simple();
         // U was pushed ten minutes ago; an orphan blob too.
-        f.repositories[0].revisions[1].modified = at(Duration::from_secs(600));
+        let revision = &mut f.repositories[0].revisions[1];
+        *revision = Link::new(revision.digest, at(Duration::from_secs(600)));
         f.blobs.push((d(8), 5, at(Duration::from_secs(600))));
         let (inventory, plan) = f.run(true).unwrap();
         assert_eq!(deleted_blobs(&inventory, &plan), BTreeSet::from([d(9)]));
@@ -801,7 +799,8 @@ mod tests {
     #[test]
     fn a_young_layer_link_keeps_its_blob() {
         let mut f = simple();
-        f.repositories[0].layer_links[4].modified = at(Duration::from_secs(60));
+        let layer = &mut f.repositories[0].layer_links[4];
+        *layer = Link::new(layer.digest, at(Duration::from_secs(60)));
         let (inventory, plan) = f.run(true).unwrap();
         assert!(!deleted_blobs(&inventory, &plan).contains(&d(9)));
         assert!(!deleted(&inventory, &plan).contains(&layout::layer_link("app", &d(9))));

@@ -30,7 +30,7 @@ use crate::layout;
 use crate::manifest::{ManifestRefs, parse_manifest};
 use crate::mark::{MAX_MANIFEST_BYTES, ManifestCatalog, MarkOptions, MarkSet};
 use crate::plan::Reprieve;
-use crate::scan::{self, Inventory, Link, Repository, ScanError};
+use crate::scan::{self, Inventory, Link, Listed, Repository, ScanError};
 use crate::select::Released;
 use crate::state::{Baseline, Known};
 use crate::storage::{Storage, StorageError};
@@ -94,15 +94,11 @@ pub async fn remark_released(
     concurrency: usize,
     released: &Released,
 ) -> Result<Reprieve, RemarkError> {
-    // Layer links the scan listed (the same digest and time) make nothing live or busy (see
-    // `roots`): they are not held a second time.
-    let scanned = |name: &str, link: &Link| {
-        inventory
-            .repository(name)
-            .is_some_and(|before| before.lists_layer_link(link))
-    };
     let (mut repositories, oversize) =
-        scan::list_repositories(storage, concurrency, &|name, link| !scanned(name, link)).await?;
+        scan::list_repositories(storage, concurrency, &|name, listed| {
+            !listed_unchanged_and_live(inventory, marks, name, listed)
+        })
+        .await?;
     read_changed_tag_links(
         storage,
         inventory,
@@ -116,9 +112,7 @@ pub async fn remark_released(
     let mut read_since = HashMap::new();
     for repo in &repositories {
         let before = inventory
-            .repositories
-            .binary_search_by(|r| r.name.as_str().cmp(&repo.name))
-            .ok()
+            .repository_index(&repo.name)
             .map(|i| (&inventory.repositories[i], &marks.repositories[i]));
         let roots = roots(
             repo,
@@ -141,6 +135,41 @@ pub async fn remark_released(
             .await?;
     }
     Ok(reprieve)
+}
+
+/// Whether a link listed again in repository `name` is one the scan listed the same (the same
+/// digest and time) and that changes nothing: a layer link or tag index entry (only new ones make
+/// anything live or busy, see [`roots`]), or a revision or tag whose manifest was live in the
+/// repository at the mark (it is no news, and [`Closure`] stops at a live manifest). The re-mark
+/// does not hold these a second time: they are nearly all of a registry's links.
+fn listed_unchanged_and_live(
+    inventory: &Inventory,
+    marks: &MarkSet,
+    name: &str,
+    listed: Listed<'_>,
+) -> bool {
+    let Some(r) = inventory.repository_index(name) else {
+        return false;
+    };
+    let before = &inventory.repositories[r];
+    let live = |digest: &Digest| {
+        inventory
+            .blobs
+            .index(digest)
+            .is_some_and(|i| marks.repositories[r].manifests.contains(i))
+    };
+    match listed {
+        Listed::LayerLink(link) => before.lists_layer_link(link),
+        Listed::TagIndexEntry { tag, entry } => {
+            before.tag(tag).is_some_and(|t| t.lists_index_entry(entry))
+        }
+        Listed::Revision(link) => before.lists_revision(link) && live(&link.digest),
+        Listed::TagCurrent { tag, modified } => before
+            .tag(tag)
+            .and_then(|t| t.current.as_ref())
+            .filter(|c| c.modified == modified)
+            .is_some_and(|c| c.target.as_ref().is_ok_and(live)),
+    }
 }
 
 /// For a sweep from a mark state ([`crate::state`]): the indices of the repositories of `repos`
@@ -212,7 +241,7 @@ pub async fn since_mark(
     for repo in busy {
         reprieve.repositories.insert(repo.name.clone());
         // A young layer link is an upload (or a mount) whose manifest may come next.
-        for link in repo.layer_links.iter().filter(|l| l.modified > cutoff) {
+        for link in repo.layer_links.iter().filter(|l| l.modified() > cutoff) {
             reprieve.blobs.insert(link.digest);
             reprieve.links.insert((repo.name.clone(), link.digest));
         }
@@ -589,7 +618,7 @@ mod tests {
             Digest::parse(&format!("sha256:{:x}", sha2::Sha256::digest(&missing))).unwrap()
         };
         link(root, &layout::tag_current_link("app", "v1"), &manifest);
-        let (storage, inventory, catalog, options, marks) = scan_and_mark(root).await;
+        let (storage, inventory, catalog, options, marks) = scan_and_mark(root, true).await;
         let header = StateHeader {
             cutoff_ms: state::millis(options.cutoff),
             ..StateHeader::default()
@@ -616,6 +645,7 @@ mod tests {
     /// The registry at `root`, scanned and marked with `-m`, everything written so far old.
     async fn scan_and_mark(
         root: &Path,
+        delete_untagged: bool,
     ) -> (
         Arc<dyn Storage>,
         Inventory,
@@ -628,18 +658,28 @@ mod tests {
         let inventory = scan(&storage, 4).await.unwrap();
         let catalog = mark::load_manifests(&storage, &inventory, 4).await;
         let options = MarkOptions {
-            delete_untagged: true,
+            delete_untagged,
             cutoff: SystemTime::now() + Duration::from_secs(3600),
         };
         let marks = mark::mark(&inventory, &catalog, options).unwrap();
         (storage, inventory, catalog, options, marks)
     }
 
+    /// Scans, marks with `-m` and plans; runs `between`; re-marks and spares.
     async fn collect_and_remark(
         root: &Path,
         between: impl FnOnce(),
     ) -> (Inventory, plan::SweepPlan, usize) {
-        let (storage, inventory, catalog, options, marks) = scan_and_mark(root).await;
+        collect_and_remark_with(root, true, between).await
+    }
+
+    async fn collect_and_remark_with(
+        root: &Path,
+        delete_untagged: bool,
+        between: impl FnOnce(),
+    ) -> (Inventory, plan::SweepPlan, usize) {
+        let (storage, inventory, catalog, options, marks) =
+            scan_and_mark(root, delete_untagged).await;
         let cutoff = options.cutoff;
         let mut plan = plan::plan(
             &inventory,
@@ -772,6 +812,49 @@ mod tests {
         );
         assert!(planned.contains(&config) && planned.contains(&manifest));
         assert_eq!(planned.len(), linked.len() - 1, "{planned:?}");
+    }
+
+    /// `app` names manifest M by a revision link and (with `tagged`) a tag, but M is not stored at
+    /// the scan: its config and layer, linked in `app`, are garbage then. M is stored before the
+    /// re-mark, through the blob API: no link is written again. Returns the blobs planned after
+    /// the re-mark and M's config and layer.
+    async fn manifest_stored_since_the_scan(
+        tagged: bool,
+        delete_untagged: bool,
+    ) -> (Vec<Digest>, [Digest; 2]) {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let (config, layer, _) = registry(root);
+        let content = format!(
+            r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{config}","size":1}},"layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"{layer}","size":1}}],"annotations":{{"x":"late"}}}}"#
+        );
+        let manifest = blob(root, content.as_bytes());
+        fs::remove_file(root.join(layout::blob_data(&manifest))).unwrap();
+        for digest in [config, layer] {
+            link(root, &layout::layer_link("app", &digest), &digest);
+        }
+        link(root, &layout::revision_link("app", &manifest), &manifest);
+        if tagged {
+            link(root, &layout::tag_current_link("app", "v1"), &manifest);
+        }
+        let (inventory, plan, _) = collect_and_remark_with(root, delete_untagged, || {
+            write(root, &layout::blob_data(&manifest), content.as_bytes());
+        })
+        .await;
+        (planned_blobs(&inventory, &plan), [config, layer])
+    }
+
+    #[tokio::test]
+    async fn an_unchanged_link_to_a_manifest_stored_since_the_scan_is_still_a_root() {
+        // By its tag (with -m a revision is no root)...
+        let (planned, blobs) = manifest_stored_since_the_scan(true, true).await;
+        assert!(blobs.iter().all(|b| !planned.contains(b)), "{planned:?}");
+        // ... and by its revision alone (without -m).
+        let (planned, blobs) = manifest_stored_since_the_scan(false, false).await;
+        assert!(blobs.iter().all(|b| !planned.contains(b)), "{planned:?}");
+        // Untagged with -m, it is garbage either way: the same blobs go.
+        let (planned, blobs) = manifest_stored_since_the_scan(false, true).await;
+        assert!(blobs.iter().all(|b| planned.contains(b)), "{planned:?}");
     }
 
     #[tokio::test]

@@ -223,10 +223,7 @@ mod tests {
     }
 
     fn link(n: u8) -> Link {
-        Link {
-            digest: d(n),
-            modified: SystemTime::UNIX_EPOCH,
-        }
+        Link::new(d(n), SystemTime::UNIX_EPOCH)
     }
 
     fn keys(phase: Phase, kind: Kind, keys: Vec<String>) -> Deletion {

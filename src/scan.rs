@@ -163,10 +163,34 @@ impl BlobUniverse {
 }
 
 /// A link whose digest is in its key.
-#[derive(Debug, Clone, PartialEq, Eq)]
+///
+/// 40 bytes: an inventory holds about one link per blob, and a `SystemTime` (16 bytes, aligned to
+/// 8) would make each 48. The time is kept to the nanosecond, as listed, because the re-mark tells
+/// a link written again from one left alone by its time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Link {
     pub digest: Digest,
-    pub modified: SystemTime,
+    /// Nanoseconds since the epoch, in two halves (an alignment of 4 packs it after the digest).
+    modified: [u32; 2],
+}
+
+impl Link {
+    /// A link modified at `modified`. Times before the epoch are the epoch, and times after
+    /// 2554 (the end of 64-bit nanoseconds) that year.
+    pub fn new(digest: Digest, modified: SystemTime) -> Link {
+        let nanos = modified
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos();
+        Link {
+            digest,
+            modified: split(u64::try_from(nanos).unwrap_or(u64::MAX)),
+        }
+    }
+
+    pub fn modified(&self) -> SystemTime {
+        SystemTime::UNIX_EPOCH + std::time::Duration::from_nanos(join(self.modified))
+    }
 }
 
 /// A pre-2.5 signature link below a revision.
@@ -242,7 +266,7 @@ impl Repository {
     /// count: a sweep that was interrupted leaves some behind, freshly modified by its deletions.
     pub fn written_since(&self, instant: SystemTime) -> bool {
         let after = |modified: SystemTime| modified > instant;
-        let links = |links: &[Link]| links.iter().any(|l| after(l.modified));
+        let links = |links: &[Link]| links.iter().any(|l| after(l.modified()));
         links(&self.layer_links)
             || links(&self.revisions)
             || self.signatures.iter().any(|s| after(s.modified))
@@ -331,11 +355,32 @@ pub struct Inventory {
 impl Inventory {
     /// The repository named `name`.
     pub fn repository(&self, name: &str) -> Option<&Repository> {
+        self.repository_index(name).map(|i| &self.repositories[i])
+    }
+
+    /// The index of the repository named `name` in [`Inventory::repositories`].
+    pub fn repository_index(&self, name: &str) -> Option<usize> {
         self.repositories
             .binary_search_by(|r| r.name.as_str().cmp(name))
             .ok()
-            .map(|i| &self.repositories[i])
     }
+}
+
+/// A link as it is listed, for a listing's filter ([`list_repositories`]): which of a repository's
+/// links to hold.
+#[derive(Debug, Clone, Copy)]
+pub enum Listed<'a> {
+    LayerLink(&'a Link),
+    Revision(&'a Link),
+    /// A tag's `current/link`, not read yet.
+    TagCurrent {
+        tag: &'a str,
+        modified: SystemTime,
+    },
+    TagIndexEntry {
+        tag: &'a str,
+        entry: &'a Link,
+    },
 }
 
 /// Checks, before regsweep writes anything (its run lock), that `storage` holds a registry whose
@@ -427,7 +472,12 @@ pub async fn scan_shard(
                 &mut repositories,
                 &mut oversize_links,
                 object,
-                &|name, link| link.modified > cutoff || shard.owns_repository(name),
+                &|name, listed| match listed {
+                    Listed::LayerLink(link) => {
+                        link.modified() > cutoff || shard.owns_repository(name)
+                    }
+                    _ => true,
+                },
             );
         }
     }
@@ -451,12 +501,13 @@ pub async fn scan_shard(
 /// every tag's `current` target is left unread (an error), for the caller to fill in; also returns
 /// the tag links listed larger than a link can be (recorded as corrupt, never to be read).
 ///
-/// Only the `_layers` links `keep_layer_link` accepts (given the repository's name) are kept: the
-/// others, about one per blob, would double what the run holds.
+/// Only the links `keep` accepts (given the repository's name) are held, and only the tags with a
+/// link held: a second copy of every link, about one per blob, would double what the run holds.
+/// Every repository listed is returned, with nothing held in it if need be.
 pub async fn list_repositories(
     storage: &Arc<dyn Storage>,
     concurrency: usize,
-    keep_layer_link: &dyn Fn(&str, &Link) -> bool,
+    keep: &dyn Fn(&str, Listed<'_>) -> bool,
 ) -> Result<(Vec<Repository>, HashSet<String>), ScanError> {
     let (prefixes, _) = prefixes_to_list(storage, layout::REPOSITORIES, None).await?;
     let mut scratch = Inventory::default();
@@ -465,13 +516,7 @@ pub async fn list_repositories(
     let mut objects = stream::iter(prefixes.iter().map(|prefix| storage.list(prefix)))
         .flatten_unordered(concurrency.max(1));
     while let Some(object) = objects.try_next().await? {
-        add_repository_object(
-            &mut scratch,
-            &mut repositories,
-            &mut oversize,
-            object,
-            keep_layer_link,
-        );
+        add_repository_object(&mut scratch, &mut repositories, &mut oversize, object, keep);
     }
     let repositories = repositories.into_values().map(Repository::finish);
     Ok((repositories.collect(), oversize))
@@ -575,7 +620,7 @@ fn add_repository_object(
     repositories: &mut BTreeMap<String, Repository>,
     oversize_links: &mut HashSet<String>,
     object: ObjectMeta,
-    keep_layer_link: &dyn Fn(&str, &Link) -> bool,
+    keep: &dyn Fn(&str, Listed<'_>) -> bool,
 ) {
     let parsed = layout::parse_repository_key(&object.key);
     let Some(name) = parsed.repository else {
@@ -597,13 +642,16 @@ fn add_repository_object(
     let modified = object.modified;
     match parsed.object {
         RepositoryObject::LayerLink(digest) => {
-            let link = Link { digest, modified };
-            if keep_layer_link(name, &link) {
+            let link = Link::new(digest, modified);
+            if keep(name, Listed::LayerLink(&link)) {
                 push_sparingly(&mut repository.layer_links, link);
             }
         }
         RepositoryObject::RevisionLink(digest) => {
-            repository.revisions.push(Link { digest, modified })
+            let link = Link::new(digest, modified);
+            if keep(name, Listed::Revision(&link)) {
+                repository.revisions.push(link);
+            }
         }
         RepositoryObject::RevisionSignature {
             revision,
@@ -614,6 +662,9 @@ fn add_repository_object(
             modified,
         }),
         RepositoryObject::TagCurrent { tag } => {
+            if !keep(name, Listed::TagCurrent { tag, modified }) {
+                return;
+            }
             let target = if object.size > layout::MAX_LINK_BYTES {
                 oversize_links.insert(object.key.clone());
                 Err(DigestError::Malformed(format!(
@@ -627,9 +678,12 @@ fn add_repository_object(
             };
             tag_mut(repository, tag).current = Some(TagCurrent { target, modified })
         }
-        RepositoryObject::TagIndex { tag, digest } => tag_mut(repository, tag)
-            .index
-            .push(Link { digest, modified }),
+        RepositoryObject::TagIndex { tag, digest } => {
+            let entry = Link::new(digest, modified);
+            if keep(name, Listed::TagIndexEntry { tag, entry: &entry }) {
+                tag_mut(repository, tag).index.push(entry);
+            }
+        }
         RepositoryObject::Upload { id } => {
             // An upload's files are listed one after another: it is nearly always the last one.
             match repository.uploads.iter_mut().rev().find(|u| u.id == id) {
@@ -749,6 +803,23 @@ mod tests {
     }
 
     #[test]
+    fn a_link_keeps_its_time_to_the_nanosecond_in_40_bytes() {
+        let digest = Digest::from_bytes([3; 32]);
+        let listed =
+            SystemTime::UNIX_EPOCH + std::time::Duration::from_nanos(1_764_000_000_123_456_789);
+        let link = Link::new(digest, listed);
+        assert_eq!(link.modified(), listed);
+        let later = Link::new(digest, listed + std::time::Duration::from_nanos(1));
+        assert_ne!(later, link, "a link written again a nanosecond later is new");
+        let before_the_epoch = SystemTime::UNIX_EPOCH - std::time::Duration::from_secs(1);
+        assert_eq!(
+            Link::new(digest, before_the_epoch).modified(),
+            SystemTime::UNIX_EPOCH
+        );
+        assert_eq!(std::mem::size_of::<Link>(), 40);
+    }
+
+    #[test]
     fn the_universe_keeps_large_sizes_and_never_makes_a_blob_older() {
         let early =
             SystemTime::UNIX_EPOCH + std::time::Duration::from_nanos(1_700_000_000_000_000_001);
@@ -773,10 +844,7 @@ mod tests {
     #[test]
     fn a_finished_repository_finds_its_links_by_digest_and_time() {
         let at = |s| SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(s);
-        let link = |byte: u8, s| Link {
-            digest: Digest::from_bytes([byte; 32]),
-            modified: at(s),
-        };
+        let link = |byte: u8, s| Link::new(Digest::from_bytes([byte; 32]), at(s));
         let tag = |name: &str| Tag {
             name: name.to_owned(),
             current: None,

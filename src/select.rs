@@ -726,10 +726,7 @@ mod tests {
                 target: Ok(d(target)),
                 modified: now() - age,
             }),
-            index: vec![Link {
-                digest: d(target),
-                modified: now() - age,
-            }],
+            index: vec![Link::new(d(target), now() - age)],
         }
     }
 
@@ -738,10 +735,7 @@ mod tests {
             name: name.into(),
             revisions: revisions
                 .iter()
-                .map(|&n| Link {
-                    digest: d(n),
-                    modified: now() - DAY,
-                })
+                .map(|&n| Link::new(d(n), now() - DAY))
                 .collect(),
             tags,
             ..Repository::default()

@@ -860,10 +860,7 @@ mod tests {
     const T: Duration = Duration::from_secs(1_000_000);
 
     fn link(n: u8) -> Link {
-        Link {
-            digest: d(n),
-            modified: SystemTime::UNIX_EPOCH + T,
-        }
+        Link::new(d(n), SystemTime::UNIX_EPOCH + T)
     }
 
     fn tag(name: &str, target: u8) -> Tag {
@@ -1025,14 +1022,8 @@ mod tests {
         assert_eq!(changed(&|r| r.tags.push(tag("v2", 2))), Known::Changed);
         assert_eq!(changed(&|r| r.tags[0].index.push(link(6))), Known::Changed);
         // Anything written after the cut-off (an upload's layer link).
-        let young = Link {
-            digest: d(6),
-            modified: state.header.cutoff() + Duration::from_secs(1),
-        };
-        assert_eq!(
-            changed(&|r| r.layer_links.push(young.clone())),
-            Known::Changed
-        );
+        let young = Link::new(d(6), state.header.cutoff() + Duration::from_secs(1));
+        assert_eq!(changed(&|r| r.layer_links.push(young)), Known::Changed);
         // What went since (a sweep that was interrupted, an API delete) changes nothing.
         assert_eq!(
             changed(&|r| {
