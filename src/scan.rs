@@ -278,11 +278,12 @@ impl Repository {
             || self.unknown.iter().any(|o| after(o.modified))
     }
 
-    /// Sorts the links (tag index entries too) by digest and the tags by name, for the lookups
-    /// below (a repository's listing is compared with an earlier one link by link and tag by tag),
-    /// and drops the spare capacity the listing left (an inventory holds every link of the
-    /// registry).
-    fn finish(mut self) -> Repository {
+    /// Names the repository listed under `name`, sorts its links (tag index entries too) by digest
+    /// and its tags by name, for the lookups below (a repository's listing is compared with an
+    /// earlier one link by link and tag by tag), and drops the spare capacity the listing left (an
+    /// inventory holds every link of the registry).
+    fn finish(mut self, name: String) -> Repository {
+        self.name = name;
         self.layer_links.sort_unstable_by_key(|l| l.digest);
         self.revisions.sort_unstable_by_key(|l| l.digest);
         // A tag listed in pieces (see `tag_mut`) becomes one.
@@ -484,7 +485,10 @@ pub async fn scan_shard(
     drop(objects);
     inventory.blobs = blobs.finish();
     inventory.multipart_uploads = storage.multipart_uploads(layout::REPOSITORIES).await?;
-    inventory.repositories = repositories.into_values().map(Repository::finish).collect();
+    inventory.repositories = repositories
+        .into_iter()
+        .map(|(name, repository)| repository.finish(name))
+        .collect();
     read_tag_links(
         storage,
         &mut inventory.repositories,
@@ -518,7 +522,9 @@ pub async fn list_repositories(
     while let Some(object) = objects.try_next().await? {
         add_repository_object(&mut scratch, &mut repositories, &mut oversize, object, keep);
     }
-    let repositories = repositories.into_values().map(Repository::finish);
+    let repositories = repositories
+        .into_iter()
+        .map(|(name, repository)| repository.finish(name));
     Ok((repositories.collect(), oversize))
 }
 
@@ -631,12 +637,9 @@ fn add_repository_object(
         return;
     };
     // Looked up before inserting: an owned key per object would be one allocation per object.
+    // The name is the key's alone until the repository is finished: one copy per repository.
     if !repositories.contains_key(name) {
-        let repository = Repository {
-            name: name.to_owned(),
-            ..Repository::default()
-        };
-        repositories.insert(name.to_owned(), repository);
+        repositories.insert(name.to_owned(), Repository::default());
     }
     let repository = repositories.get_mut(name).expect("inserted above");
     let modified = object.modified;
@@ -810,7 +813,10 @@ mod tests {
         let link = Link::new(digest, listed);
         assert_eq!(link.modified(), listed);
         let later = Link::new(digest, listed + std::time::Duration::from_nanos(1));
-        assert_ne!(later, link, "a link written again a nanosecond later is new");
+        assert_ne!(
+            later, link,
+            "a link written again a nanosecond later is new"
+        );
         let before_the_epoch = SystemTime::UNIX_EPOCH - std::time::Duration::from_secs(1);
         assert_eq!(
             Link::new(digest, before_the_epoch).modified(),
@@ -872,7 +878,7 @@ mod tests {
             ],
             ..Repository::default()
         }
-        .finish();
+        .finish("app".to_owned());
         let digests =
             |links: &[Link]| -> Vec<u8> { links.iter().map(|l| l.digest.as_bytes()[0]).collect() };
         assert_eq!(digests(&repository.layer_links), vec![1, 3, 5, 7, 9]);
