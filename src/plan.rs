@@ -470,9 +470,7 @@ fn plan_multipart_uploads(inventory: &Inventory, options: PlanOptions, plan: &mu
         };
         // The upload's own files tell its last activity (each PATCH writes them); the multipart
         // upload's start time only says when it began.
-        let files = inventory
-            .repository(name)
-            .and_then(|r| r.uploads.iter().find(|u| u.id == id));
+        let files = inventory.repository(name).and_then(|r| r.upload(id));
         let last_activity = files.map_or(upload.initiated, |files| files.last_activity());
         if options.upload_is_stale(last_activity) {
             plan.deletions.push(Deletion {

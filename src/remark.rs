@@ -430,15 +430,15 @@ fn roots(
     let signatures_new = repo
         .signatures
         .iter()
-        .any(|s| before.is_none_or(|b| !b.signatures.contains(s)));
+        .any(|s| before.is_none_or(|b| !b.lists_signature(s)));
     let uploads_new = repo.uploads.iter().any(|upload| {
-        let scanned = before.and_then(|b| b.uploads.iter().find(|u| u.id == upload.id));
+        let scanned = before.and_then(|b| b.upload(&upload.id));
         scanned.is_none_or(|u| u.files != upload.files)
     });
     let unknown_new = repo
         .unknown
         .iter()
-        .any(|o| before.is_none_or(|b| !b.unknown.contains(o)));
+        .any(|o| before.is_none_or(|b| !b.lists_unknown(o)));
     if busy || signatures_new || uploads_new || unknown_new {
         reprieve.repositories.insert(repo.name.clone());
         roots.extend(removed_targets);

@@ -251,13 +251,16 @@ pub struct Repository {
     pub layer_links: Vec<Link>,
     /// Sorted by digest when listed.
     pub revisions: Vec<Link>,
+    /// Sorted by revision and signature when listed.
     pub signatures: Vec<SignatureLink>,
     /// Sorted by name when listed.
     pub tags: Vec<Tag>,
+    /// Sorted by ID when listed, each upload's files by key.
     pub uploads: Vec<Upload>,
     /// Empty directories (or directory markers) inside the repository.
     pub markers: Vec<ObjectMeta>,
     /// Objects regsweep does not recognise: never deleted, and they keep the repository alive.
+    /// Sorted by key when listed.
     pub unknown: Vec<ObjectMeta>,
 }
 
@@ -279,11 +282,26 @@ impl Repository {
     }
 
     /// Names the repository listed under `name`, sorts its links (tag index entries too) by digest
-    /// and its tags by name, for the lookups below (a repository's listing is compared with an
-    /// earlier one link by link and tag by tag), and drops the spare capacity the listing left (an
-    /// inventory holds every link of the registry).
+    /// and its tags by name (signatures, uploads and unknown objects too), for the lookups below (a
+    /// repository's listing is compared with an earlier one object by object), and drops the spare
+    /// capacity the listing left (an inventory holds every link of the registry).
     fn finish(mut self, name: String) -> Repository {
         self.name = name;
+        self.signatures
+            .sort_unstable_by_key(|s| (s.revision, s.signature));
+        // An upload listed in pieces becomes one, its files in order.
+        self.uploads.sort_by(|a, b| a.id.cmp(&b.id));
+        self.uploads.dedup_by(|later, earlier| {
+            if later.id != earlier.id {
+                return false;
+            }
+            earlier.files.append(&mut later.files);
+            true
+        });
+        for upload in &mut self.uploads {
+            upload.files.sort_unstable_by(|a, b| a.key.cmp(&b.key));
+        }
+        self.unknown.sort_unstable_by(|a, b| a.key.cmp(&b.key));
         self.layer_links.sort_unstable_by_key(|l| l.digest);
         self.revisions.sort_unstable_by_key(|l| l.digest);
         // A tag listed in pieces (see `tag_mut`) becomes one.
@@ -325,6 +343,29 @@ impl Repository {
             .binary_search_by(|t| t.name.as_str().cmp(name))
             .ok()
             .map(|i| &self.tags[i])
+    }
+
+    /// Whether `signature` is among the signature links, with the same modification time.
+    pub fn lists_signature(&self, signature: &SignatureLink) -> bool {
+        let key = |s: &SignatureLink| (s.revision, s.signature);
+        self.signatures
+            .binary_search_by(|s| key(s).cmp(&key(signature)))
+            .is_ok_and(|i| self.signatures[i] == *signature)
+    }
+
+    /// The upload `id`.
+    pub fn upload(&self, id: &str) -> Option<&Upload> {
+        self.uploads
+            .binary_search_by(|u| u.id.as_str().cmp(id))
+            .ok()
+            .map(|i| &self.uploads[i])
+    }
+
+    /// Whether `object` is among the unknown objects, with the same size and time.
+    pub fn lists_unknown(&self, object: &ObjectMeta) -> bool {
+        self.unknown
+            .binary_search_by(|o| o.key.cmp(&object.key))
+            .is_ok_and(|i| self.unknown[i] == *object)
     }
 }
 
@@ -906,6 +947,62 @@ mod tests {
         );
         assert_eq!(repository.tag("b").map(|t| t.name.as_str()), Some("b"));
         assert!(repository.tag("d").is_none());
+    }
+
+    #[test]
+    fn a_finished_repository_finds_its_uploads_signatures_and_unknown_objects() {
+        let at = |s| SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(s);
+        let object = |key: &str, s| ObjectMeta {
+            key: key.to_owned(),
+            size: 1,
+            modified: at(s),
+        };
+        let upload = |id: &str, files: &[&str]| Upload {
+            id: id.to_owned(),
+            files: files
+                .iter()
+                .map(|f| object(&format!("{id}/{f}"), 1))
+                .collect(),
+        };
+        let signature = |revision: u8, signature: u8, s| SignatureLink {
+            revision: Digest::from_bytes([revision; 32]),
+            signature: Digest::from_bytes([signature; 32]),
+            modified: at(s),
+        };
+        let repository = Repository {
+            // `u2` listed in two pieces.
+            uploads: vec![
+                upload("u3", &["data"]),
+                upload("u2", &["startedat"]),
+                upload("u1", &["data"]),
+                upload("u2", &["data", "hashstates/sha256/0"]),
+            ],
+            signatures: vec![signature(2, 1, 1), signature(1, 9, 1), signature(1, 3, 1)],
+            unknown: vec![object("z", 1), object("a", 2), object("m", 3)],
+            ..Repository::default()
+        }
+        .finish("app".to_owned());
+        let ids: Vec<&str> = repository.uploads.iter().map(|u| u.id.as_str()).collect();
+        assert_eq!(ids, ["u1", "u2", "u3"]);
+        let u2 = repository.upload("u2").unwrap();
+        assert_eq!(
+            u2.files,
+            upload("u2", &["data", "hashstates/sha256/0", "startedat"]).files
+        );
+        assert!(repository.upload("u4").is_none());
+        for s in [signature(1, 3, 1), signature(1, 9, 1), signature(2, 1, 1)] {
+            assert!(repository.lists_signature(&s));
+        }
+        assert!(
+            !repository.lists_signature(&signature(1, 9, 2)),
+            "written again"
+        );
+        assert!(!repository.lists_signature(&signature(2, 3, 1)));
+        for o in [object("a", 2), object("m", 3), object("z", 1)] {
+            assert!(repository.lists_unknown(&o));
+        }
+        assert!(!repository.lists_unknown(&object("m", 4)), "written again");
+        assert!(!repository.lists_unknown(&object("b", 2)));
     }
 
     #[tokio::test]
