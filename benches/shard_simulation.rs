@@ -100,8 +100,7 @@ fn child(step: &[String], shape: Shape, created: SystemTime, state: &Path, delet
                     .await
                     .expect("the synthetic registry marks");
                 // The synthetic storage takes no writes: its ID is given, not stored.
-                let state = collection.state(&RunId::new(SystemTime::now()), ID.to_owned());
-                drop(collection); // as `regsweep mark` does
+                let state = collection.into_state(&RunId::new(SystemTime::now()), ID.to_owned());
                 let bytes = state.encode();
                 line["state_bytes"] = json!(bytes.len());
                 line["live_blobs"] = json!(state.header.live_blobs);

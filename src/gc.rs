@@ -368,8 +368,9 @@ impl Collection {
     }
 
     /// The mark state of this collection's mark, for `regsweep sweep` (`run` names the mark,
-    /// `storage_id` is the storage's [`state::storage_id`]).
-    pub fn state(&self, run: &RunId, storage_id: String) -> MarkState {
+    /// `storage_id` is the storage's [`state::storage_id`]). The collection is taken, and freed as
+    /// the state is built: the plan first, then the repositories.
+    pub fn into_state(self, run: &RunId, storage_id: String) -> MarkState {
         let header = StateHeader {
             run: run.to_string(),
             regsweep: env!("CARGO_PKG_VERSION").to_owned(),
@@ -387,7 +388,15 @@ impl Collection {
             live_blobs: 0,
             repositories: 0,
         };
-        MarkState::new(header, &self.inventory, &self.catalog, &self.marks)
+        let Collection {
+            inventory,
+            catalog,
+            marks,
+            plan,
+            ..
+        } = self;
+        drop(plan);
+        MarkState::of_inventory(header, inventory, &catalog, &marks)
     }
 
     /// What the scan found.

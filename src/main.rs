@@ -645,13 +645,12 @@ async fn run_mark(args: &MarkArgs, quiet: bool) -> Result<MarkSummary> {
         .await
         .context("cannot write the storage's ID (_regsweep/id)")?
         .expect("created");
-    let state = collection.state(&run, storage_id);
     let plan = collection.plan();
     let deletions_planned = plan.deletions.len() as u64;
     let bytes_reclaimable = plan.deletions.iter().map(|d| d.bytes).sum();
     let warnings = collection.marks().warnings.clone();
     // The inventory is the largest thing in memory: gone before the state is encoded.
-    drop(collection);
+    let state = collection.into_state(&run, storage_id);
     let bytes = state.encode();
     let state_bytes = bytes.len() as u64;
     args.state.write(&storage, bytes).await?;

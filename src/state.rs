@@ -33,7 +33,7 @@ use crate::digest::Digest;
 use crate::layout;
 use crate::mark::{ManifestCatalog, MarkSet, RepositoryMarks};
 use crate::metrics;
-use crate::scan::{BlobUniverseBuilder, Inventory, Repository};
+use crate::scan::{BlobUniverse, BlobUniverseBuilder, Inventory, Repository};
 use crate::storage::{PutCondition, Storage, StorageError};
 
 /// The format this build writes and reads.
@@ -417,65 +417,98 @@ pub struct Expectations {
 /// How far a state's start may lie ahead of this machine's clock (the marking machine's clock).
 const CLOCK_SKEW: Duration = Duration::from_secs(5 * 60);
 
+/// Each repository's part of the state of a mark of `inventory`.
+fn repository_states(
+    inventory: &Inventory,
+    catalog: &ManifestCatalog,
+    marks: &MarkSet,
+) -> Vec<RepositoryState> {
+    let universe = &inventory.blobs;
+    // A universe index's position among the live blobs: both are in digest order.
+    let position = |i: u32| {
+        assert!(
+            marks.blobs.contains(i),
+            "a repository's marks are among the live blobs"
+        );
+        (marks.blobs.rank(i) - 1) as u32
+    };
+    inventory
+        .repositories
+        .iter()
+        .zip(&marks.repositories)
+        .map(|(repo, repo_marks)| {
+            let mut unlisted: Vec<Digest> = repo
+                .tags
+                .iter()
+                .filter_map(|t| t.current.as_ref()?.target.as_ref().ok())
+                .filter(|d| universe.index(d).is_none())
+                .copied()
+                .collect();
+            let mut incomplete = RoaringBitmap::new();
+            for manifest in repo_marks.manifests.iter() {
+                if let Some(refs) = catalog.incomplete_of(manifest) {
+                    incomplete.insert(position(manifest));
+                    let named = refs
+                        .manifests
+                        .iter()
+                        .chain(&refs.blobs)
+                        .chain(&refs.subject);
+                    unlisted.extend(named.filter(|d| universe.index(d).is_none()));
+                }
+            }
+            unlisted.sort_unstable();
+            unlisted.dedup();
+            RepositoryState {
+                name: repo.name.clone(),
+                manifests: repo_marks.manifests.iter().map(position).collect(),
+                layers: repo_marks.layers.iter().map(position).collect(),
+                facts: Facts::of(repo),
+                unlisted,
+                incomplete,
+            }
+        })
+        .collect()
+}
+
 impl MarkState {
     /// The state of a mark of `inventory`, with the manifests it read.
+    #[cfg(test)]
     pub fn new(
         header: StateHeader,
         inventory: &Inventory,
         catalog: &ManifestCatalog,
         marks: &MarkSet,
     ) -> MarkState {
-        let universe = &inventory.blobs;
+        let repositories = repository_states(inventory, catalog, marks);
+        MarkState::assemble(header, &inventory.blobs, marks, repositories)
+    }
+
+    /// The state of a mark of `inventory`, which it takes: its repositories (about one link per
+    /// blob) are freed before the live blobs are copied out of its universe, so that the two are
+    /// never held together (a mark's peak).
+    pub fn of_inventory(
+        header: StateHeader,
+        inventory: Inventory,
+        catalog: &ManifestCatalog,
+        marks: &MarkSet,
+    ) -> MarkState {
+        let repositories = repository_states(&inventory, catalog, marks);
+        // Dropped here, not at the end of the function as the rest of a destructured value is.
+        drop(inventory.repositories);
+        MarkState::assemble(header, &inventory.blobs, marks, repositories)
+    }
+
+    fn assemble(
+        header: StateHeader,
+        universe: &BlobUniverse,
+        marks: &MarkSet,
+        repositories: Vec<RepositoryState>,
+    ) -> MarkState {
         let live: Vec<Digest> = marks.blobs.iter().map(|i| *universe.digest(i)).collect();
-        // A universe index's position among the live blobs: both are in digest order.
-        let position = |i: u32| {
-            assert!(
-                marks.blobs.contains(i),
-                "a repository's marks are among the live blobs"
-            );
-            (marks.blobs.rank(i) - 1) as u32
-        };
-        let repositories = inventory
-            .repositories
-            .iter()
-            .zip(&marks.repositories)
-            .map(|(repo, repo_marks)| {
-                let universe = &inventory.blobs;
-                let mut unlisted: Vec<Digest> = repo
-                    .tags
-                    .iter()
-                    .filter_map(|t| t.current.as_ref()?.target.as_ref().ok())
-                    .filter(|d| universe.index(d).is_none())
-                    .copied()
-                    .collect();
-                let mut incomplete = RoaringBitmap::new();
-                for manifest in repo_marks.manifests.iter() {
-                    if let Some(refs) = catalog.incomplete_of(manifest) {
-                        incomplete.insert(position(manifest));
-                        let named = refs
-                            .manifests
-                            .iter()
-                            .chain(&refs.blobs)
-                            .chain(&refs.subject);
-                        unlisted.extend(named.filter(|d| universe.index(d).is_none()));
-                    }
-                }
-                unlisted.sort_unstable();
-                unlisted.dedup();
-                RepositoryState {
-                    name: repo.name.clone(),
-                    manifests: repo_marks.manifests.iter().map(position).collect(),
-                    layers: repo_marks.layers.iter().map(position).collect(),
-                    facts: Facts::of(repo),
-                    unlisted,
-                    incomplete,
-                }
-            })
-            .collect();
         MarkState {
             header: StateHeader {
                 live_blobs: live.len() as u64,
-                repositories: inventory.repositories.len() as u64,
+                repositories: repositories.len() as u64,
                 ..header
             },
             live,
