@@ -109,23 +109,39 @@ pub async fn remark_released(
     .await?;
 
     let mut reprieve = Reprieve::default();
-    let mut read_since = HashMap::new();
+    let mut roots_of = Vec::with_capacity(repositories.len());
     for repo in &repositories {
-        let before = inventory
-            .repository_index(&repo.name)
-            .map(|i| (&inventory.repositories[i], &marks.repositories[i]));
+        let before = inventory.repository_index(&repo.name);
         let roots = roots(
             repo,
-            before.map(|(r, _)| r),
+            before.map(|r| &inventory.repositories[r]),
             options,
             released,
             &mut reprieve,
         )?;
+        roots_of.push((before, roots));
+    }
+    // The manifests no scan read (pushed since) are read at once, `concurrency` at a time, rather
+    // than one after another by each repository's closure: until the sweep starts, a push can
+    // still race it.
+    let mut read_since = HashMap::new();
+    let unread = roots_of.iter().flat_map(|(_, roots)| roots.iter().copied());
+    let known = |i: u32| catalog.get(&i).is_some();
+    prefetch(
+        storage,
+        inventory,
+        &known,
+        unread,
+        &mut read_since,
+        concurrency,
+    )
+    .await;
+    for (repo, (before, roots)) in repositories.iter().zip(roots_of) {
         let mut closure = Closure {
             storage,
             inventory,
             catalog,
-            live: &|i| before.is_some_and(|(_, m)| m.manifests.contains(i)),
+            live: &|i| before.is_some_and(|r| marks.repositories[r].manifests.contains(i)),
             repository: &repo.name,
             read_since: &mut read_since,
             reprieve: &mut reprieve,
@@ -278,19 +294,20 @@ pub async fn since_mark(
     Ok(reprieve)
 }
 
-/// Reads the manifests among `digests` that are neither `live` nor read yet into `read_since`,
-/// `concurrency` at a time, as [`Closure`] would one after another. What cannot be read or used
-/// is left out: the closure reads it again, and says why it cannot go on.
+/// Reads the manifests among `digests` that are neither `known` (by index in the universe: live,
+/// or in the catalog) nor read yet into `read_since`, `concurrency` at a time, as [`Closure`]
+/// would one after another. What cannot be read or used is left out: the closure reads it again,
+/// and says why it cannot go on.
 async fn prefetch(
     storage: &Arc<dyn Storage>,
     inventory: &Inventory,
-    live: &dyn Fn(u32) -> bool,
+    known: &dyn Fn(u32) -> bool,
     digests: impl Iterator<Item = Digest>,
     read_since: &mut HashMap<Digest, Option<ManifestRefs>>,
     concurrency: usize,
 ) {
     let mut wanted: Vec<Digest> = digests
-        .filter(|d| !inventory.blobs.index(d).is_some_and(live) && !read_since.contains_key(d))
+        .filter(|d| !inventory.blobs.index(d).is_some_and(known) && !read_since.contains_key(d))
         .collect();
     wanted.sort_unstable();
     wanted.dedup();
