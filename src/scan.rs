@@ -729,8 +729,10 @@ fn add_repository_object(
             }
         }
         RepositoryObject::Upload { id } => {
-            // An upload's files are listed one after another: it is nearly always the last one.
-            match repository.uploads.iter_mut().rev().find(|u| u.id == id) {
+            // An upload's files are listed one after another, but for a directory walk's
+            // `hashstates/`, which may come after other uploads: a piece met again is added
+            // again and merged when the repository is finished (as tags are, see `tag_mut`).
+            match repository.uploads.last_mut().filter(|u| u.id == id) {
                 Some(upload) => upload.files.push(object),
                 None => repository.uploads.push(Upload {
                     id: id.to_owned(),
