@@ -641,10 +641,7 @@ fn refuse_kept_requests(
     cutoff: SystemTime,
 ) -> Result<(), SelectError> {
     for (name, digest) in &selection.requested {
-        let Ok(r) = inventory
-            .repositories
-            .binary_search_by(|repo| repo.name.as_str().cmp(name))
-        else {
+        let Some(r) = inventory.repository_index(name) else {
             continue;
         };
         let repo = &inventory.repositories[r];

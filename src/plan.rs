@@ -880,6 +880,7 @@ mod tests {
                 modified,
             }],
         };
+        // Sorted by ID, as a scanned repository's uploads are (the plan looks them up by ID).
         f.repositories[0].uploads = vec![
             upload("active", at(HOUR / 2)),
             upload("stale", at(200 * HOUR)),

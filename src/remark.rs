@@ -96,7 +96,7 @@ pub async fn remark_released(
 ) -> Result<Reprieve, RemarkError> {
     let (mut repositories, oversize) =
         scan::list_repositories(storage, concurrency, &|name, listed| {
-            !listed_unchanged_and_live(inventory, marks, name, listed)
+            !no_news(inventory, marks, name, listed)
         })
         .await?;
     read_changed_tag_links(
@@ -154,16 +154,11 @@ pub async fn remark_released(
 }
 
 /// Whether a link listed again in repository `name` is one the scan listed the same (the same
-/// digest and time) and that changes nothing: a layer link or tag index entry (only new ones make
-/// anything live or busy, see [`roots`]), or a revision or tag whose manifest was live in the
-/// repository at the mark (it is no news, and [`Closure`] stops at a live manifest). The re-mark
-/// does not hold these a second time: they are nearly all of a registry's links.
-fn listed_unchanged_and_live(
-    inventory: &Inventory,
-    marks: &MarkSet,
-    name: &str,
-    listed: Listed<'_>,
-) -> bool {
+/// digest and time) and that changes nothing: any layer link or tag index entry listed the same
+/// (only new ones make anything live or busy, see [`roots`]), or a revision or tag listed the same
+/// whose manifest was live in the repository at the mark ([`Closure`] stops at a live manifest).
+/// The re-mark does not hold these a second time: they are nearly all of a registry's links.
+fn no_news(inventory: &Inventory, marks: &MarkSet, name: &str, listed: Listed<'_>) -> bool {
     let Some(r) = inventory.repository_index(name) else {
         return false;
     };
@@ -306,8 +301,10 @@ async fn prefetch(
     read_since: &mut HashMap<Digest, Option<ManifestRefs>>,
     concurrency: usize,
 ) {
+    // Nor what was listed larger than a manifest can be: the closure refuses it unread.
+    let skip = |i: u32| known(i) || inventory.blobs.size(i) > MAX_MANIFEST_BYTES;
     let mut wanted: Vec<Digest> = digests
-        .filter(|d| !inventory.blobs.index(d).is_some_and(known) && !read_since.contains_key(d))
+        .filter(|d| !inventory.blobs.index(d).is_some_and(skip) && !read_since.contains_key(d))
         .collect();
     wanted.sort_unstable();
     wanted.dedup();
@@ -382,7 +379,8 @@ async fn read_changed_tag_links(
 
 /// The manifests a repository's current state makes live, and the links and blobs it keeps without
 /// any manifest (new layer links: uploads whose manifest is not pushed yet). Marks the repository
-/// busy when anything in it is new.
+/// busy when anything in it is new. `repo` is listed without the links that bring no news
+/// ([`no_news`]): they would add nothing here.
 fn roots(
     repo: &Repository,
     before: Option<&Repository>,
@@ -464,7 +462,8 @@ fn roots(
 }
 
 /// Referrers (OCI `subject`) among a repository's revisions, by subject, as far as the catalog
-/// knows them; revisions new since the scan are roots anyway.
+/// knows them; revisions new since the scan are roots anyway. The revisions listed again without
+/// news ([`no_news`]) are not among them: they are live, and the closure would stop at them.
 fn referrers(
     repo: &Repository,
     inventory: &Inventory,
@@ -542,8 +541,18 @@ impl Closure<'_> {
             digest,
             reason,
         };
-        if let Some(known) = index.and_then(|i| self.catalog.full(i, &self.inventory.blobs)) {
+        let universe = &self.inventory.blobs;
+        if let Some(known) = index.and_then(|i| self.catalog.full(i, universe)) {
             return known.map(Some).map_err(unusable);
+        }
+        // Listed larger than a manifest can be (a layer named as a manifest): not read.
+        if let Some(size) = index
+            .map(|i| universe.size(i))
+            .filter(|&s| s > MAX_MANIFEST_BYTES)
+        {
+            return Err(unusable(format!(
+                "{size} bytes is larger than the {MAX_MANIFEST_BYTES} bytes a manifest may have"
+            )));
         }
         if let Some(read) = self.read_since.get(&digest) {
             return Ok(read.clone());
@@ -872,6 +881,107 @@ mod tests {
         // Untagged with -m, it is garbage either way: the same blobs go.
         let (planned, blobs) = manifest_stored_since_the_scan(false, true).await;
         assert!(blobs.iter().all(|b| planned.contains(b)), "{planned:?}");
+    }
+
+    #[tokio::test]
+    async fn only_what_the_scan_listed_the_same_and_found_live_is_no_news() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let (config, layer, manifest) = registry(root);
+        push(root, "app", "v1", &manifest, &[config, layer]);
+        // An untagged manifest: not live with -m.
+        let untagged = blob(root, br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:0000000000000000000000000000000000000000000000000000000000000001","size":1},"layers":[]}"#);
+        link(root, &layout::revision_link("app", &untagged), &untagged);
+        let (_, inventory, _, _, marks) = scan_and_mark(root, true).await;
+        let app = inventory.repository("app").unwrap();
+        let scanned =
+            |links: &[Link], digest: &Digest| *links.iter().find(|l| l.digest == *digest).unwrap();
+        let later = |link: Link| Link::new(link.digest, link.modified() + Duration::from_nanos(1));
+        let no_news = |name: &str, listed: Listed<'_>| no_news(&inventory, &marks, name, listed);
+
+        let revision = scanned(&app.revisions, &manifest);
+        assert!(no_news("app", Listed::Revision(&revision)));
+        assert!(!no_news("app", Listed::Revision(&later(revision))));
+        let untagged = scanned(&app.revisions, &untagged);
+        assert!(!no_news("app", Listed::Revision(&untagged)), "not live");
+        assert!(
+            !no_news("new", Listed::Revision(&revision)),
+            "a new repository"
+        );
+
+        let layer_link = scanned(&app.layer_links, &layer);
+        assert!(no_news("app", Listed::LayerLink(&layer_link)));
+        assert!(!no_news("app", Listed::LayerLink(&later(layer_link))));
+
+        let v1 = app.tag("v1").unwrap();
+        let modified = v1.current.as_ref().unwrap().modified;
+        assert!(no_news(
+            "app",
+            Listed::TagCurrent {
+                tag: "v1",
+                modified
+            }
+        ));
+        let moved = modified + Duration::from_nanos(1);
+        assert!(!no_news(
+            "app",
+            Listed::TagCurrent {
+                tag: "v1",
+                modified: moved
+            }
+        ));
+        assert!(!no_news(
+            "app",
+            Listed::TagCurrent {
+                tag: "v2",
+                modified
+            }
+        ));
+        let entry = v1.index[0];
+        assert!(no_news(
+            "app",
+            Listed::TagIndexEntry {
+                tag: "v1",
+                entry: &entry
+            }
+        ));
+        let entry = later(entry);
+        assert!(!no_news(
+            "app",
+            Listed::TagIndexEntry {
+                tag: "v1",
+                entry: &entry
+            }
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_tag_pushed_since_on_a_blob_larger_than_a_manifest_stops_the_sweep_unread() {
+        use crate::storage::requests::RequestCounter;
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        registry(root);
+        let big = blob(root, &vec![0; MAX_MANIFEST_BYTES as usize + 1]);
+        let counter = RequestCounter::default();
+        let storage: Arc<dyn Storage> = Arc::new(LocalStorage::open(root, &counter).unwrap());
+        let inventory = scan(&storage, 4).await.unwrap();
+        let catalog = mark::load_manifests(&storage, &inventory, 4).await;
+        let options = MarkOptions {
+            delete_untagged: true,
+            cutoff: SystemTime::now() + Duration::from_secs(3600),
+        };
+        let marks = mark::mark(&inventory, &catalog, options).unwrap();
+        link(root, &layout::tag_current_link("app", "big"), &big);
+        let before = counter.snapshot().get;
+        let err = remark(&storage, &inventory, &marks, &catalog, options, 4)
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("larger than"), "{err}");
+        assert_eq!(
+            counter.snapshot().get - before,
+            1,
+            "the new tag link only: the blob is refused unread"
+        );
     }
 
     #[tokio::test]

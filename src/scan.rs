@@ -284,7 +284,8 @@ impl Repository {
     /// Names the repository listed under `name`, sorts its links (tag index entries too) by digest
     /// and its tags by name (signatures, uploads and unknown objects too), for the lookups below (a
     /// repository's listing is compared with an earlier one object by object), and drops the spare
-    /// capacity the listing left (an inventory holds every link of the registry).
+    /// capacity the listing left in its links and tags (an inventory holds every link of the
+    /// registry).
     fn finish(mut self, name: String) -> Repository {
         self.name = name;
         self.signatures
