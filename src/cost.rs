@@ -374,7 +374,8 @@ impl Freed {
                     .first()
                     .and_then(|key| layout::parse_repository_key(key).repository)
                 {
-                    self.uploads.push((name.to_owned(), deletion.bytes));
+                    self.uploads
+                        .push((name.to_owned(), deletion.bytes(universe)));
                 }
             }
             Kind::MultipartUpload | Kind::EmptyDirectory => {}

@@ -456,7 +456,11 @@ impl Collection {
                     phase: deletion.phase,
                     kind: deletion.kind,
                     key,
-                    bytes: if i == 0 { deletion.bytes } else { 0 },
+                    bytes: if i == 0 {
+                        deletion.bytes(&self.inventory.blobs)
+                    } else {
+                        0
+                    },
                 })
         })
     }
@@ -521,7 +525,7 @@ impl Collection {
                 .zip(&outcome.done)
                 .filter(|(_, done)| **done)
             {
-                summary.count_deletion(deletion, deletion.keys(&self.inventory).len());
+                summary.count_deletion(deletion, &self.inventory);
             }
             summary.deleted = Deleted::of_sweep(&self.plan, &outcome.done, &self.inventory);
             // A repository any of whose deletions failed is still there.

@@ -647,7 +647,8 @@ async fn run_mark(args: &MarkArgs, quiet: bool) -> Result<MarkSummary> {
         .expect("created");
     let plan = collection.plan();
     let deletions_planned = plan.deletions.len() as u64;
-    let bytes_reclaimable = plan.deletions.iter().map(|d| d.bytes).sum();
+    let blobs = &collection.inventory().blobs;
+    let bytes_reclaimable = plan.deletions.iter().map(|d| d.bytes(blobs)).sum();
     let warnings = collection.marks().warnings.clone();
     // The inventory is the largest thing in memory: gone before the state is encoded.
     let state = collection.into_state(&run, storage_id);

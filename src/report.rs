@@ -111,9 +111,9 @@ impl Summary {
         }
     }
 
-    /// Adds one deletion that went (or, in a dry run, would go).
-    pub fn count_deletion(&mut self, deletion: &Deletion, keys: usize) {
-        let keys = count(keys);
+    /// Adds one deletion of the plan made from `inventory` that went (or, in a dry run, would go).
+    pub fn count_deletion(&mut self, deletion: &Deletion, inventory: &Inventory) {
+        let keys = count(deletion.keys(inventory).len());
         match deletion.kind {
             Kind::Manifest => {
                 self.manifests_deleted += 1;
@@ -132,11 +132,11 @@ impl Summary {
             }
             Kind::Blob => {
                 self.blobs_deleted += 1;
-                self.bytes_deleted += deletion.bytes;
+                self.bytes_deleted += deletion.bytes(&inventory.blobs);
             }
             Kind::Upload => {
                 self.uploads_deleted += 1;
-                self.upload_bytes_deleted += deletion.bytes;
+                self.upload_bytes_deleted += deletion.bytes(&inventory.blobs);
             }
             Kind::MultipartUpload => self.multipart_uploads_aborted += 1,
             Kind::EmptyDirectory => self.directories_deleted += 1,
@@ -146,7 +146,7 @@ impl Summary {
     /// Counts a whole plan, as a dry run reports it.
     pub fn count_plan(&mut self, plan: &SweepPlan, inventory: &Inventory) {
         for deletion in &plan.deletions {
-            self.count_deletion(deletion, deletion.keys(inventory).len());
+            self.count_deletion(deletion, inventory);
         }
         self.repositories_deleted = count(plan.repositories_deleted.len());
     }

@@ -226,21 +226,11 @@ mod tests {
         Link::new(d(n), SystemTime::UNIX_EPOCH)
     }
 
-    fn keys(phase: Phase, kind: Kind, keys: Vec<String>) -> Deletion {
-        Deletion {
-            phase,
-            kind,
-            target: Target::Keys(keys),
-            bytes: 0,
-        }
-    }
-
     fn blob(universe: &BlobUniverse, n: u8) -> Deletion {
         Deletion {
             phase: Phase::Blobs,
             kind: Kind::Blob,
             target: Target::Blob(universe.index(&d(n)).unwrap()),
-            bytes: 1,
         }
     }
 
@@ -266,7 +256,7 @@ mod tests {
             ..Inventory::default()
         };
         let mut deletions = vec![
-            keys(
+            Deletion::of_keys(
                 Phase::Manifests,
                 Kind::Manifest,
                 vec![
@@ -274,23 +264,23 @@ mod tests {
                     layout::revision_signature_link("app", &d(1), &d(5)),
                 ],
             ),
-            keys(
+            Deletion::of_keys(
                 Phase::LayerLinks,
                 Kind::LayerLink,
                 vec![layout::layer_link("app", &d(2))],
             ),
-            keys(
+            Deletion::of_keys(
                 Phase::LayerLinks,
                 Kind::LayerLink,
                 vec![layout::layer_link("gone", &d(6))],
             ),
             // Failed: neither the link nor the repository went.
-            keys(
+            Deletion::of_keys(
                 Phase::LayerLinks,
                 Kind::LayerLink,
                 vec![layout::layer_link("lib/stuck", &d(4))],
             ),
-            keys(
+            Deletion::of_keys(
                 Phase::Tags,
                 Kind::Tag,
                 vec![layout::tag_current_link("app", "broken")],
@@ -330,7 +320,7 @@ mod tests {
         let universe = BlobUniverse::new(vec![(d(1), 1, SystemTime::UNIX_EPOCH)]);
         let plan = SweepPlan {
             deletions: vec![
-                keys(
+                Deletion::of_keys(
                     Phase::LayerLinks,
                     Kind::LayerLink,
                     vec![layout::layer_link("app", &d(1))],

@@ -651,12 +651,7 @@ pub fn strip(
             if tag.current.is_some() {
                 keys.push(layout::tag_current_link(&name, &tag.name));
             }
-            deletions.push(Deletion {
-                phase: Phase::Untag,
-                kind: Kind::RemovedTag,
-                target: KeyTarget::Keys(keys),
-                bytes: 0,
-            });
+            deletions.push(Deletion::of_keys(Phase::Untag, Kind::RemovedTag, keys));
             false
         });
         if selection.repositories.contains(&name) {
@@ -665,12 +660,14 @@ pub fn strip(
                     return true; // a push in progress keeps the repository
                 }
                 gone_uploads.insert((name.clone(), upload.id.clone()));
-                deletions.push(Deletion {
-                    phase: Phase::Repositories,
-                    kind: Kind::Upload,
-                    target: KeyTarget::Keys(upload.files.iter().map(|f| f.key.clone()).collect()),
-                    bytes: upload.files.iter().map(|f| f.size).sum(),
-                });
+                let keys = upload.files.iter().map(|f| f.key.clone()).collect();
+                let bytes = upload.files.iter().map(|f| f.size).sum();
+                deletions.push(Deletion::of_keys_freeing(
+                    Phase::Repositories,
+                    Kind::Upload,
+                    keys,
+                    bytes,
+                ));
                 false
             });
         }
@@ -693,7 +690,6 @@ pub fn strip(
                 phase: Phase::Repositories,
                 kind: Kind::MultipartUpload,
                 target: KeyTarget::Multipart(Box::new(upload.clone())),
-                bytes: 0,
             });
         }
         !gone

@@ -89,7 +89,7 @@ pub async fn sweep(
                 match failure {
                     None => {
                         outcome.done[i] = true;
-                        freed += plan.deletions[i].bytes;
+                        freed += plan.deletions[i].bytes(&inventory.blobs);
                     }
                     Some(message) => {
                         failed += 1;
