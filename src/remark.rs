@@ -585,6 +585,7 @@ mod tests {
     use crate::scan::scan;
     use crate::select;
     use crate::storage::local::LocalStorage;
+    use crate::storage::requests::RequestCounter;
 
     fn write(root: &Path, key: &str, content: &[u8]) {
         let path = root.join(key);
@@ -669,18 +670,26 @@ mod tests {
     }
 
     /// The registry at `root`, scanned and marked with `-m`, everything written so far old.
-    async fn scan_and_mark(
-        root: &Path,
-        delete_untagged: bool,
-    ) -> (
+    /// A registry scanned and marked, with what made it.
+    type Marked = (
         Arc<dyn Storage>,
         Inventory,
         ManifestCatalog,
         MarkOptions,
         MarkSet,
-    ) {
-        let storage: Arc<dyn Storage> =
-            Arc::new(LocalStorage::open(root, &Default::default()).unwrap());
+    );
+
+    async fn scan_and_mark(root: &Path, delete_untagged: bool) -> Marked {
+        scan_and_mark_counted(root, delete_untagged, &RequestCounter::default()).await
+    }
+
+    /// [`scan_and_mark`] on a storage whose requests `counter` counts.
+    async fn scan_and_mark_counted(
+        root: &Path,
+        delete_untagged: bool,
+        counter: &RequestCounter,
+    ) -> Marked {
+        let storage: Arc<dyn Storage> = Arc::new(LocalStorage::open(root, counter).unwrap());
         let inventory = scan(&storage, 4).await.unwrap();
         let catalog = mark::load_manifests(&storage, &inventory, 4).await;
         let options = MarkOptions {
@@ -957,20 +966,13 @@ mod tests {
 
     #[tokio::test]
     async fn a_tag_pushed_since_on_a_blob_larger_than_a_manifest_stops_the_sweep_unread() {
-        use crate::storage::requests::RequestCounter;
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path();
         registry(root);
         let big = blob(root, &vec![0; MAX_MANIFEST_BYTES as usize + 1]);
         let counter = RequestCounter::default();
-        let storage: Arc<dyn Storage> = Arc::new(LocalStorage::open(root, &counter).unwrap());
-        let inventory = scan(&storage, 4).await.unwrap();
-        let catalog = mark::load_manifests(&storage, &inventory, 4).await;
-        let options = MarkOptions {
-            delete_untagged: true,
-            cutoff: SystemTime::now() + Duration::from_secs(3600),
-        };
-        let marks = mark::mark(&inventory, &catalog, options).unwrap();
+        let (storage, inventory, catalog, options, marks) =
+            scan_and_mark_counted(root, true, &counter).await;
         link(root, &layout::tag_current_link("app", "big"), &big);
         let before = counter.snapshot().get;
         let err = remark(&storage, &inventory, &marks, &catalog, options, 4)
@@ -996,15 +998,7 @@ mod tests {
         assert_eq!(planned_blobs(&inventory, &plan), expected);
 
         // A tag pushed since the scan naming a blob that is not a manifest: fail closed.
-        let storage: Arc<dyn Storage> =
-            Arc::new(LocalStorage::open(root, &Default::default()).unwrap());
-        let inventory = scan(&storage, 4).await.unwrap();
-        let catalog = mark::load_manifests(&storage, &inventory, 4).await;
-        let options = MarkOptions {
-            delete_untagged: true,
-            cutoff: SystemTime::now() + Duration::from_secs(3600),
-        };
-        let marks = mark::mark(&inventory, &catalog, options).unwrap();
+        let (storage, inventory, catalog, options, marks) = scan_and_mark(root, true).await;
         let junk = blob(root, b"not a manifest");
         push(root, "new/app", "latest", &junk, &[]);
         let err = remark(&storage, &inventory, &marks, &catalog, options, 4)
