@@ -95,8 +95,8 @@ pub enum Target {
         repository: u32,
         link: u32,
     },
-    /// Boxed, as the next: a plan holds millions of deletions (nearly all blobs), 24 bytes each
-    /// with these variants boxed and 40 without.
+    /// Boxed, like `Multipart`: a plan holds millions of deletions (nearly all blobs), 24 bytes
+    /// each with both variants boxed and 40 without.
     Keys(Box<Keys>),
     Multipart(Box<MultipartUpload>),
 }
