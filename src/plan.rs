@@ -16,7 +16,7 @@ use serde::Serialize;
 use crate::digest::Digest;
 use crate::layout::{self, RepositoryObject};
 use crate::mark::{MarkSet, RepositoryMarks};
-use crate::scan::{BlobUniverse, Inventory, Repository};
+use crate::scan::{BlobUniverse, Inventory, Repository, Upload};
 use crate::storage::{MultipartUpload, ObjectMeta};
 
 /// The sweep's phases, in the order they run.
@@ -118,14 +118,20 @@ pub struct Deletion {
 impl Deletion {
     /// A deletion of `keys` that frees no content (links, tags, directories).
     pub fn of_keys(phase: Phase, kind: Kind, keys: Vec<String>) -> Deletion {
-        Deletion::of_keys_freeing(phase, kind, keys, 0)
-    }
-
-    /// A deletion of `keys` that frees `bytes` of content (an upload's data).
-    pub fn of_keys_freeing(phase: Phase, kind: Kind, keys: Vec<String>, bytes: u64) -> Deletion {
         Deletion {
             phase,
             kind,
+            target: Target::Keys(Box::new(Keys { keys, bytes: 0 })),
+        }
+    }
+
+    /// The deletion of an upload's files, which frees their data.
+    pub fn of_upload(phase: Phase, upload: &Upload) -> Deletion {
+        let keys = upload.files.iter().map(|f| f.key.clone()).collect();
+        let bytes = upload.files.iter().map(|f| f.size).sum();
+        Deletion {
+            phase,
+            kind: Kind::Upload,
             target: Target::Keys(Box::new(Keys { keys, bytes })),
         }
     }
@@ -461,11 +467,7 @@ fn plan_repository(
         .uploads
         .iter()
         .filter(|u| options.upload_is_stale(u.last_activity()))
-        .map(|u| {
-            let keys = u.files.iter().map(|f| f.key.clone()).collect();
-            let bytes = u.files.iter().map(|f| f.size).sum();
-            Deletion::of_keys_freeing(Phase::Uploads, Kind::Upload, keys, bytes)
-        })
+        .map(|u| Deletion::of_upload(Phase::Uploads, u))
         .collect();
     let markers = empty_directories(&repo.markers, options, Phase::EmptyDirectories);
     kept_anything |= stale_uploads.len() < repo.uploads.len() || markers.len() < repo.markers.len();

@@ -660,14 +660,7 @@ pub fn strip(
                     return true; // a push in progress keeps the repository
                 }
                 gone_uploads.insert((name.clone(), upload.id.clone()));
-                let keys = upload.files.iter().map(|f| f.key.clone()).collect();
-                let bytes = upload.files.iter().map(|f| f.size).sum();
-                deletions.push(Deletion::of_keys_freeing(
-                    Phase::Repositories,
-                    Kind::Upload,
-                    keys,
-                    bytes,
-                ));
+                deletions.push(Deletion::of_upload(Phase::Repositories, upload));
                 false
             });
         }
