@@ -8,6 +8,7 @@
 //! are read, concurrently. Blobs are held as a sorted vector of 44-byte entries, so that the rest of
 //! the pipeline can name a blob by its index in that vector (see [`crate::mark::MarkSet`]).
 
+use std::cmp::Ordering;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -340,43 +341,47 @@ impl Repository {
 
     /// The tag named `name`.
     pub fn tag(&self, name: &str) -> Option<&Tag> {
-        self.tags
-            .binary_search_by(|t| t.name.as_str().cmp(name))
-            .ok()
-            .map(|i| &self.tags[i])
+        named(&self.tags, name, |t| &t.name).map(|i| &self.tags[i])
     }
 
     /// Whether `signature` is among the signature links, with the same modification time.
     pub fn lists_signature(&self, signature: &SignatureLink) -> bool {
-        let key = |s: &SignatureLink| (s.revision, s.signature);
-        self.signatures
-            .binary_search_by(|s| key(s).cmp(&key(signature)))
-            .is_ok_and(|i| self.signatures[i] == *signature)
+        holds(&self.signatures, signature, |a, b| {
+            (a.revision, a.signature).cmp(&(b.revision, b.signature))
+        })
     }
 
     /// The upload `id`.
     pub fn upload(&self, id: &str) -> Option<&Upload> {
-        self.uploads
-            .binary_search_by(|u| u.id.as_str().cmp(id))
-            .ok()
-            .map(|i| &self.uploads[i])
+        named(&self.uploads, id, |u| &u.id).map(|i| &self.uploads[i])
     }
 
     /// Whether `object` is among the unknown objects, with the same size and time.
     pub fn lists_unknown(&self, object: &ObjectMeta) -> bool {
-        self.unknown
-            .binary_search_by(|o| o.key.cmp(&object.key))
-            .is_ok_and(|i| self.unknown[i] == *object)
+        holds(&self.unknown, object, |a, b| a.key.cmp(&b.key))
     }
 }
 
-/// Whether `links` (sorted by digest) holds `link`: a binary search, since a repository may hold
-/// millions of links and the re-mark looks each of them up. On unsorted links it can only miss, and
-/// a miss counts a link as new: it keeps more, never less.
+/// Whether `links` (sorted by digest) holds `link`, with the same modification time.
 fn lists(links: &[Link], link: &Link) -> bool {
-    links
-        .binary_search_by(|l| l.digest.cmp(&link.digest))
-        .is_ok_and(|i| links[i] == *link)
+    holds(links, link, |a, b| a.digest.cmp(&b.digest))
+}
+
+/// The position of the item named `name` among `items`, sorted by `name_of`: a binary search.
+fn named<T>(items: &[T], name: &str, name_of: fn(&T) -> &String) -> Option<usize> {
+    items
+        .binary_search_by(|item| name_of(item).as_str().cmp(name))
+        .ok()
+}
+
+/// Whether `items`, sorted by `order`, hold `item` itself (all of it equal, its time too): a
+/// binary search, since a repository may hold millions of links and the re-mark looks each of them
+/// up. On unsorted items it can only miss, and a miss counts an object as new: it keeps more,
+/// never less.
+fn holds<T: PartialEq>(items: &[T], item: &T, order: impl Fn(&T, &T) -> Ordering) -> bool {
+    items
+        .binary_search_by(|candidate| order(candidate, item))
+        .is_ok_and(|i| items[i] == *item)
 }
 
 /// The result of a scan.
@@ -403,9 +408,7 @@ impl Inventory {
 
     /// The index of the repository named `name` in [`Inventory::repositories`].
     pub fn repository_index(&self, name: &str) -> Option<usize> {
-        self.repositories
-            .binary_search_by(|r| r.name.as_str().cmp(name))
-            .ok()
+        named(&self.repositories, name, |r| &r.name)
     }
 }
 
