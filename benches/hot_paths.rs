@@ -12,7 +12,7 @@ use regsweep::layout;
 use regsweep::manifest::{ManifestKind, ManifestRefs, parse_manifest};
 use regsweep::mark::{ManifestCatalog, MarkOptions, mark};
 use regsweep::plan::{PlanOptions, plan};
-use regsweep::scan::{BlobUniverse, Inventory, Link, Repository, Tag, TagCurrent};
+use regsweep::scan::{BlobUniverse, Inventory, LayerLinks, Link, Repository, Tag, TagCurrent};
 
 /// Deterministic, well-spread digests (splitmix64).
 fn digests(n: usize) -> Vec<Digest> {
@@ -106,7 +106,9 @@ fn registry(images: usize) -> (Inventory, ManifestCatalog) {
     let old = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
     let all = digests(6 * images);
     let link = |digest: Digest| Link::new(digest, old);
+    let universe = BlobUniverse::new(all.iter().map(|d| (*d, 1000, old)).collect());
     let mut repositories = Vec::new();
+    let mut layer_links: Vec<Vec<Link>> = Vec::new();
     let mut refs = Vec::new();
     for (i, image) in all[..5 * images].chunks_exact(5).enumerate() {
         if i % 20 == 0 {
@@ -114,11 +116,13 @@ fn registry(images: usize) -> (Inventory, ManifestCatalog) {
                 name: format!("team{:03}/app{i:07}", i % 1000),
                 ..Repository::default()
             });
+            layer_links.push(Vec::new());
         }
         let repo = repositories.last_mut().expect("a repository");
         let (manifest, blobs) = (image[0], &image[1..]);
         repo.revisions.push(link(manifest));
-        repo.layer_links.extend(blobs.iter().map(|&b| link(b)));
+        let links = layer_links.last_mut().expect("a repository's links");
+        links.extend(blobs.iter().map(|&b| link(b)));
         if i % 5 != 4 {
             repo.tags.push(Tag {
                 name: format!("v{i:07}"),
@@ -139,13 +143,13 @@ fn registry(images: usize) -> (Inventory, ManifestCatalog) {
             },
         ));
     }
-    for repo in &mut repositories {
+    for (repo, links) in repositories.iter_mut().zip(layer_links) {
         repo.revisions.sort_by_key(|l| l.digest);
-        repo.layer_links.sort_by_key(|l| l.digest);
+        repo.layer_links = LayerLinks::resolved(links, &universe);
     }
     repositories.sort_by(|a, b| a.name.cmp(&b.name));
     let inventory = Inventory {
-        blobs: BlobUniverse::new(all.iter().map(|d| (*d, 1000, old)).collect()),
+        blobs: universe,
         repositories,
         ..Inventory::default()
     };

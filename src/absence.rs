@@ -195,7 +195,7 @@ mod tests {
         };
         let repo = Repository {
             name: "app".to_owned(),
-            layer_links: vec![link(d(3)), link(d(6))],
+            layer_links: vec![link(d(3)), link(d(6))].into(),
             revisions: vec![link(d(1))],
             tags: vec![tag("v1", d(1)), tag("v2", d(2))],
             ..Repository::default()

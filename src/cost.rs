@@ -436,10 +436,13 @@ pub fn compute(inputs: &Inputs<'_>) -> CostReport {
     }
     let mut linked = vec![Holders::NONE; blob_count];
     for (r, repo) in repos.iter().enumerate() {
-        for link in repo.layer_links.iter().chain(&repo.revisions) {
-            if let Some(i) = universe.index(&link.digest) {
-                linked[i as usize].add(r);
-            }
+        let layers = repo.layer_links.iter(universe).filter_map(|(_, i)| i);
+        let revisions = repo
+            .revisions
+            .iter()
+            .filter_map(|l| universe.index(&l.digest));
+        for i in layers.chain(revisions) {
+            linked[i as usize].add(r);
         }
     }
 
@@ -608,9 +611,9 @@ pub fn compute(inputs: &Inputs<'_>) -> CostReport {
                 .filter(|repo| {
                     let digest = universe.digest(i);
                     repo.layer_links
-                        .iter()
-                        .chain(&repo.revisions)
-                        .any(|link| link.digest == *digest)
+                        .iter(universe)
+                        .any(|(_, blob)| blob == Some(i))
+                        || repo.revisions.iter().any(|link| link.digest == *digest)
                 })
                 .map(|repo| repo.name.clone())
                 .collect(),
@@ -793,7 +796,7 @@ mod tests {
         blobs.push((d(1), size(1), at(JANUARY + 3600)));
         let app = Repository {
             name: "app".into(),
-            layer_links: [1, 2, 3, 4, 9].map(link).to_vec(),
+            layer_links: [1, 2, 3, 4, 9].map(link).to_vec().into(),
             revisions: vec![link(10), link(11)],
             tags: vec![tag("v1", 10)],
             uploads: vec![Upload {
@@ -808,7 +811,7 @@ mod tests {
         };
         let lib = Repository {
             name: "lib".into(),
-            layer_links: vec![link(1), link(5), link(77)],
+            layer_links: vec![link(1), link(5), link(77)].into(),
             revisions: vec![link(12)],
             tags: vec![tag("latest", 12)],
             ..Repository::default()

@@ -436,8 +436,8 @@ fn mark_repository(
         }
     }
     // A young layer link is an upload whose manifest may not be pushed yet.
-    for link in repo.layer_links.iter().filter(|l| young(l.modified())) {
-        if let Some(index) = universe.index(&link.digest) {
+    for (link, blob) in repo.layer_links.iter(universe) {
+        if let Some(index) = blob.filter(|_| young(link.modified())) {
             marks.layers.insert(index);
         }
     }

@@ -152,7 +152,7 @@ impl Deletion {
             Target::Blob(index) => vec![layout::blob_data(inventory.blobs.digest(*index))],
             &Target::LayerLink { repository, link } => {
                 let (name, digest) = layer_link(inventory, repository, link);
-                vec![layout::layer_link(name, digest)]
+                vec![layout::layer_link(name, &digest)]
             }
             Target::Keys(keys) => keys.keys.clone(),
             Target::Multipart(upload) => vec![upload.key.clone()],
@@ -164,7 +164,7 @@ impl Deletion {
         let key = match &self.target {
             &Target::LayerLink { repository, link } => {
                 let (name, digest) = layer_link(inventory, repository, link);
-                return Some((name.to_owned(), *digest));
+                return Some((name.to_owned(), digest));
             }
             Target::Keys(keys) if matches!(self.kind, Kind::Manifest | Kind::LayerLink) => {
                 layout::parse_repository_key(keys.keys.first()?)
@@ -214,12 +214,10 @@ impl Deletion {
 }
 
 /// The repository name and blob of layer link `link` of repository `repository`.
-fn layer_link(inventory: &Inventory, repository: u32, link: u32) -> (&str, &Digest) {
+fn layer_link(inventory: &Inventory, repository: u32, link: u32) -> (&str, Digest) {
     let repository = &inventory.repositories[repository as usize];
-    (
-        &repository.name,
-        &repository.layer_links[link as usize].digest,
-    )
+    let (link, _) = repository.layer_links.get(link, &inventory.blobs);
+    (&repository.name, link.digest)
 }
 
 /// Grace periods, as instants: what was modified after them stays.
@@ -277,7 +275,7 @@ impl Deletion {
             Target::Blob(index) => return reprieve.blobs.contains(inventory.blobs.digest(*index)),
             &Target::LayerLink { repository, link } => {
                 let (name, digest) = layer_link(inventory, repository, link);
-                return reprieve.links.contains(&(name.to_owned(), *digest));
+                return reprieve.links.contains(&(name.to_owned(), digest));
             }
             Target::Multipart(upload) => return busy(&upload.key, reprieve),
             Target::Keys(keys) => &keys.keys,
@@ -443,10 +441,9 @@ fn plan_repository(
 
     // Layer links: stay while a live manifest of this repository references the blob (or it is a
     // live manifest itself, as some clients fetch manifests through the blob endpoint).
-    for (index, link) in repo.layer_links.iter().enumerate() {
-        let referenced = universe
-            .index(&link.digest)
-            .is_some_and(|i| marks.layers.contains(i) || marks.manifests.contains(i));
+    for (index, (link, blob)) in repo.layer_links.iter(universe).enumerate() {
+        let referenced =
+            blob.is_some_and(|i| marks.layers.contains(i) || marks.manifests.contains(i));
         if referenced || !old(link.modified()) {
             kept_anything = true;
         } else {
@@ -667,7 +664,7 @@ mod tests {
         let u = f.manifest(11, &[], &[1, 4], None);
         let repo = f.repo("app");
         repo.revisions = vec![link(m), link(u)];
-        repo.layer_links = [1, 2, 3, 4, 9].map(|n| link(d(n))).to_vec();
+        repo.layer_links = [1, 2, 3, 4, 9].map(|n| link(d(n))).to_vec().into();
         repo.tags = vec![tag("v1", m)];
         f
     }
@@ -749,7 +746,7 @@ mod tests {
         repo.revisions = [child_a, child_b, list, signature, garbage, garbage_sbom]
             .map(link)
             .to_vec();
-        repo.layer_links = (1..=6).map(|n| link(d(n))).collect();
+        repo.layer_links = (1..=6).map(|n| link(d(n))).collect::<Vec<_>>().into();
         repo.tags = vec![tag("latest", list)];
         let (inventory, plan) = f.run(true).unwrap();
         assert_eq!(
@@ -765,7 +762,7 @@ mod tests {
         f.blob(5);
         let old_repo = f.repo("old");
         old_repo.revisions = vec![link(gone)];
-        old_repo.layer_links = vec![link(d(5))];
+        old_repo.layer_links = vec![link(d(5))].into();
         old_repo.tags = vec![tag("dangling", d(99))];
         let (inventory, mut plan) = f.run(true).unwrap();
         assert_eq!(plan.repositories_deleted, ["old"]);
@@ -816,8 +813,8 @@ mod tests {
     #[test]
     fn a_young_layer_link_keeps_its_blob() {
         let mut f = simple();
-        let layer = &mut f.repositories[0].layer_links[4];
-        *layer = Link::new(layer.digest, at(Duration::from_secs(60)));
+        let young = Link::new(d(9), at(Duration::from_secs(60)));
+        f.repositories[0].layer_links = [link(d(1)), link(d(4)), young].to_vec().into();
         let (inventory, plan) = f.run(true).unwrap();
         assert!(!deleted_blobs(&inventory, &plan).contains(&d(9)));
         assert!(!deleted(&inventory, &plan).contains(&layout::layer_link("app", &d(9))));
@@ -828,7 +825,8 @@ mod tests {
         let mut f = simple();
         let repo = &mut f.repositories[0];
         repo.revisions.push(link(d(50))); // manifest blob gone
-        repo.layer_links.push(link(d(51))); // layer blob gone
+        // Layer blob 51 gone.
+        repo.layer_links = [1, 2, 3, 4, 9, 51].map(|n| link(d(n))).to_vec().into();
         repo.tags.push(tag("broken", d(50)));
         repo.tags.push(Tag {
             name: "half".into(),
@@ -860,7 +858,7 @@ mod tests {
         let old = f.manifest(30, &[], &[2], None);
         let gone = f.repo("gone");
         gone.revisions = vec![link(old)];
-        gone.layer_links = vec![link(d(2))];
+        gone.layer_links = vec![link(d(2))].into();
         gone.uploads = vec![Upload {
             id: "u1".into(),
             files: vec![ObjectMeta {

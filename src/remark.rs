@@ -30,7 +30,7 @@ use crate::layout;
 use crate::manifest::{ManifestRefs, parse_manifest};
 use crate::mark::{MAX_MANIFEST_BYTES, ManifestCatalog, MarkOptions, MarkSet};
 use crate::plan::Reprieve;
-use crate::scan::{self, Inventory, Link, Listed, Repository, ScanError};
+use crate::scan::{self, BlobUniverse, Inventory, Link, Listed, Repository, ScanError};
 use crate::select::Released;
 use crate::state::{Baseline, Known};
 use crate::storage::{Storage, StorageError};
@@ -115,6 +115,7 @@ pub async fn remark_released(
         let roots = roots(
             repo,
             before.map(|r| &inventory.repositories[r]),
+            &inventory.blobs,
             options,
             released,
             &mut reprieve,
@@ -170,7 +171,7 @@ fn no_news(inventory: &Inventory, marks: &MarkSet, name: &str, listed: Listed<'_
             .is_some_and(|i| marks.repositories[r].manifests.contains(i))
     };
     match listed {
-        Listed::LayerLink(link) => before.lists_layer_link(link),
+        Listed::LayerLink(link) => before.layer_links.lists(link, &inventory.blobs),
         Listed::TagIndexEntry { tag, entry } => {
             before.tag(tag).is_some_and(|t| t.lists_index_entry(entry))
         }
@@ -252,7 +253,8 @@ pub async fn since_mark(
     for repo in busy {
         reprieve.repositories.insert(repo.name.clone());
         // A young layer link is an upload (or a mount) whose manifest may come next.
-        for link in repo.layer_links.iter().filter(|l| l.modified() > cutoff) {
+        let links = repo.layer_links.iter(&inventory.blobs);
+        for (link, _) in links.filter(|(l, _)| l.modified() > cutoff) {
             reprieve.blobs.insert(link.digest);
             reprieve.links.insert((repo.name.clone(), link.digest));
         }
@@ -384,6 +386,7 @@ async fn read_changed_tag_links(
 fn roots(
     repo: &Repository,
     before: Option<&Repository>,
+    universe: &BlobUniverse,
     options: MarkOptions,
     released: &Released,
     reprieve: &mut Reprieve,
@@ -398,8 +401,8 @@ fn roots(
     // plan then spares the tags themselves.
     let mut removed_targets = Vec::new();
 
-    for link in &repo.layer_links {
-        if new(Repository::lists_layer_link, link) {
+    for (link, _) in repo.layer_links.iter(universe) {
+        if before.is_none_or(|b| !b.layer_links.lists(&link, universe)) {
             busy = true;
             reprieve.blobs.insert(link.digest);
             reprieve.links.insert((repo.name.clone(), link.digest));
@@ -918,7 +921,11 @@ mod tests {
             "a new repository"
         );
 
-        let layer_link = scanned(&app.layer_links, &layer);
+        let (layer_link, _) = app
+            .layer_links
+            .iter(&inventory.blobs)
+            .find(|(l, _)| l.digest == layer)
+            .unwrap();
         assert!(no_news("app", Listed::LayerLink(&layer_link)));
         assert!(!no_news("app", Listed::LayerLink(&later(layer_link))));
 

@@ -174,7 +174,8 @@ impl Deleted {
         }
         if !deleted.blobs.is_empty() {
             for repo in &inventory.repositories {
-                let linked = repo.layer_links.iter().chain(&repo.revisions);
+                let layers = repo.layer_links.iter(universe).map(|(l, _)| l);
+                let linked = layers.chain(repo.revisions.iter().copied());
                 for link in linked.filter(|l| deleted.blobs.contains(&l.digest)) {
                     deleted.links.insert((repo.name.clone(), link.digest));
                 }
@@ -240,7 +241,7 @@ mod tests {
         let universe = BlobUniverse::new((1..=6).map(|n| (d(n), 1, old)).collect());
         let repository = |name: &str, layers: &[u8], revisions: &[u8]| Repository {
             name: name.into(),
-            layer_links: layers.iter().map(|&n| link(n)).collect(),
+            layer_links: layers.iter().map(|&n| link(n)).collect::<Vec<_>>().into(),
             revisions: revisions.iter().map(|&n| link(n)).collect(),
             ..Repository::default()
         };

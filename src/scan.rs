@@ -1,12 +1,14 @@
 //! Scan: one pass over the storage that builds the [`Inventory`] the mark and the plan work from.
 //!
-//! Blobs and top-level repository namespaces are listed concurrently, each as one streaming
-//! recursive listing whose objects are taken as the pages arrive. Blobs are listed as 16 key ranges
-//! where the backend can start a listing at a key (S3: 16 requests beyond the pages themselves),
-//! else as the 256 shards `blobs/sha256/00` … `ff` (filesystems, Azure). Links under `_layers` and
-//! `_manifests/revisions` are never read: their digest is in the key. Only tag `current/link` files
-//! are read, concurrently. Blobs are held as a sorted vector of 44-byte entries, so that the rest of
-//! the pipeline can name a blob by its index in that vector (see [`crate::mark::MarkSet`]).
+//! Blobs are listed first, then the top-level repository namespaces, each as concurrent streaming
+//! recursive listings whose objects are taken as the pages arrive. Blobs are listed as 16 key
+//! ranges where the backend can start a listing at a key (S3: 16 requests beyond the pages
+//! themselves), else as the 256 shards `blobs/sha256/00` … `ff` (filesystems, Azure). Links under
+//! `_layers` and `_manifests/revisions` are never read: their digest is in the key. Only tag
+//! `current/link` files are read, concurrently. Blobs are held as a sorted vector of 44-byte
+//! entries, so that the rest of the pipeline can name a blob by its index in that vector (see
+//! [`crate::mark::MarkSet`]); `_layers` links, about one per blob, are held the same way
+//! ([`LayerLinks`]), which is why the blobs are listed before the repositories.
 
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -190,7 +192,150 @@ impl Link {
     }
 
     pub fn modified(&self) -> SystemTime {
-        SystemTime::UNIX_EPOCH + std::time::Duration::from_nanos(join(self.modified))
+        nanos_since_epoch(self.modified)
+    }
+}
+
+fn nanos_since_epoch(halves: [u32; 2]) -> SystemTime {
+    SystemTime::UNIX_EPOCH + std::time::Duration::from_nanos(join(halves))
+}
+
+/// A repository's `_layers` links. A registry holds about one per blob, so a link to a stored blob
+/// is held as the blob's index in the universe and the link's time: 12 bytes instead of a
+/// [`Link`]'s 40. A link listed without a universe (the re-mark's listing) or to a blob that is not
+/// stored is held whole.
+///
+/// Indices are only valid in the universe the links were listed against: the inventory's (a
+/// universe replaced by another moves them, see [`LayerLinks::reindex`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LayerLinks {
+    /// Sorted by blob index (digest order) when the repository is finished.
+    stored: Vec<StoredLink>,
+    /// Sorted by digest when the repository is finished.
+    whole: Vec<Link>,
+}
+
+/// A link to a stored blob: the blob's index in the universe and [`Link`]'s time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct StoredLink {
+    blob: u32,
+    modified: [u32; 2],
+}
+
+impl LayerLinks {
+    /// `links`, by index where `universe` holds their blob, sorted.
+    pub fn resolved(links: impl IntoIterator<Item = Link>, universe: &BlobUniverse) -> LayerLinks {
+        let mut resolved = LayerLinks::default();
+        for link in links {
+            resolved.push(link, Some(universe));
+        }
+        resolved.finish();
+        resolved
+    }
+
+    /// Adds a listed link, by index when `universe` holds its blob.
+    fn push(&mut self, link: Link, universe: Option<&BlobUniverse>) {
+        match universe.and_then(|u| u.index(&link.digest)) {
+            Some(blob) => push_sparingly(
+                &mut self.stored,
+                StoredLink {
+                    blob,
+                    modified: link.modified,
+                },
+            ),
+            None => push_sparingly(&mut self.whole, link),
+        }
+    }
+
+    fn finish(&mut self) {
+        self.stored.sort_unstable_by_key(|l| l.blob);
+        self.whole.sort_unstable_by_key(|l| l.digest);
+        self.stored.shrink_to_fit();
+        self.whole.shrink_to_fit();
+    }
+
+    pub fn len(&self) -> usize {
+        self.stored.len() + self.whole.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The link at `position` (below [`LayerLinks::len`]) and its blob's index in `universe`
+    /// (`None` when the blob is not stored). Positions are stable once the repository is finished.
+    pub fn get(&self, position: u32, universe: &BlobUniverse) -> (Link, Option<u32>) {
+        let position = position as usize;
+        match self.stored.get(position) {
+            Some(stored) => (self.link(stored, universe), Some(stored.blob)),
+            None => {
+                let link = self.whole[position - self.stored.len()];
+                (link, universe.index(&link.digest))
+            }
+        }
+    }
+
+    /// Every link with its blob's index in `universe`, in position order.
+    pub fn iter<'a>(
+        &'a self,
+        universe: &'a BlobUniverse,
+    ) -> impl Iterator<Item = (Link, Option<u32>)> + 'a {
+        let stored = self
+            .stored
+            .iter()
+            .map(|s| (self.link(s, universe), Some(s.blob)));
+        let whole = self.whole.iter().map(|l| (*l, universe.index(&l.digest)));
+        stored.chain(whole)
+    }
+
+    /// Whether `link` is among these links, with the same modification time (`universe`: the one
+    /// they were listed against).
+    pub fn lists(&self, link: &Link, universe: &BlobUniverse) -> bool {
+        let stored = universe.index(&link.digest).is_some_and(|blob| {
+            holds(
+                &self.stored,
+                &StoredLink {
+                    blob,
+                    modified: link.modified,
+                },
+                |a, b| a.blob.cmp(&b.blob),
+            )
+        });
+        stored || lists(&self.whole, link)
+    }
+
+    /// Moves links held by index to another universe, `to` giving a blob's index there from its
+    /// index in the one they were listed against. `to` must keep the order of the blobs (the new
+    /// universe holds the old one's blobs, and maybe more).
+    pub fn reindex(&mut self, to: impl Fn(u32) -> u32) {
+        for link in &mut self.stored {
+            link.blob = to(link.blob);
+        }
+    }
+
+    /// The links' modification times.
+    fn modified(&self) -> impl Iterator<Item = SystemTime> + '_ {
+        let stored = self.stored.iter().map(|s| nanos_since_epoch(s.modified));
+        stored.chain(self.whole.iter().map(Link::modified))
+    }
+
+    fn link(&self, stored: &StoredLink, universe: &BlobUniverse) -> Link {
+        Link {
+            digest: *universe.digest(stored.blob),
+            modified: stored.modified,
+        }
+    }
+}
+
+/// Whole links, as a listing without a universe holds them.
+#[cfg(test)]
+impl From<Vec<Link>> for LayerLinks {
+    fn from(mut whole: Vec<Link>) -> LayerLinks {
+        whole.sort_unstable_by_key(|l| l.digest);
+        LayerLinks {
+            stored: Vec::new(),
+            whole,
+        }
     }
 }
 
@@ -248,8 +393,7 @@ impl Upload {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Repository {
     pub name: String,
-    /// Sorted by digest when listed.
-    pub layer_links: Vec<Link>,
+    pub layer_links: LayerLinks,
     /// Sorted by digest when listed.
     pub revisions: Vec<Link>,
     /// Sorted by revision and signature when listed.
@@ -271,7 +415,7 @@ impl Repository {
     pub fn written_since(&self, instant: SystemTime) -> bool {
         let after = |modified: SystemTime| modified > instant;
         let links = |links: &[Link]| links.iter().any(|l| after(l.modified()));
-        links(&self.layer_links)
+        self.layer_links.modified().any(after)
             || links(&self.revisions)
             || self.signatures.iter().any(|s| after(s.modified))
             || self
@@ -304,7 +448,7 @@ impl Repository {
             upload.files.sort_unstable_by(|a, b| a.key.cmp(&b.key));
         }
         self.unknown.sort_unstable_by(|a, b| a.key.cmp(&b.key));
-        self.layer_links.sort_unstable_by_key(|l| l.digest);
+        self.layer_links.finish();
         self.revisions.sort_unstable_by_key(|l| l.digest);
         // A tag listed in pieces (see `tag_mut`) becomes one.
         self.tags.sort_unstable_by(|a, b| a.name.cmp(&b.name));
@@ -318,7 +462,6 @@ impl Repository {
             earlier.index.append(&mut later.index);
             true
         });
-        self.layer_links.shrink_to_fit();
         self.revisions.shrink_to_fit();
         self.signatures.shrink_to_fit();
         self.tags.shrink_to_fit();
@@ -327,11 +470,6 @@ impl Repository {
             tag.index.shrink_to_fit();
         }
         self
-    }
-
-    /// Whether `link` is among the layer links, with the same modification time.
-    pub fn lists_layer_link(&self, link: &Link) -> bool {
-        lists(&self.layer_links, link)
     }
 
     /// Whether `link` is among the revision links, with the same modification time.
@@ -492,12 +630,11 @@ pub async fn scan_shard(
         };
     inventory.unknown.extend(blob_strays);
     inventory.unknown.extend(repository_strays);
+    // Blobs first, then repositories: a layer link is held by its blob's index in the finished
+    // universe (see `LayerLinks`).
     let mut blobs = BlobUniverseBuilder::default();
-    let mut repositories: BTreeMap<String, Repository> = BTreeMap::new();
-    // Tag links refused by their listed size: never read into memory.
-    let mut oversize_links = HashSet::new();
     let mut listings: Vec<BoxStream<'static, Result<ObjectMeta, StorageError>>> = Vec::new();
-    for prefix in blob_prefixes.iter().chain(&repository_prefixes) {
+    for prefix in &blob_prefixes {
         match ranges.take_if(|_| prefix == layout::SHA256_BLOBS) {
             Some(ranges) => listings.extend(ranges),
             None => listings.push(storage.list(prefix)),
@@ -506,43 +643,36 @@ pub async fn scan_shard(
     // Each object is taken as its listing page arrives: no listing is held whole.
     let mut objects = stream::iter(listings).flatten_unordered(concurrency.max(1));
     while let Some(object) = objects.try_next().await? {
-        if object.key.starts_with(layout::BLOBS) {
-            match layout::parse_blob_key(&object.key) {
-                BlobObject::Data(digest) => blobs.push(digest, object.size, object.modified),
-                BlobObject::DirMarker => inventory.markers.push(object),
-                BlobObject::Unknown => inventory.unknown.push(object),
-            }
-        } else {
-            add_repository_object(
-                &mut inventory,
-                &mut repositories,
-                &mut oversize_links,
-                object,
-                &|name, listed| match listed {
-                    Listed::LayerLink(link) => {
-                        link.modified() > cutoff || shard.owns_repository(name)
-                    }
-                    _ => true,
-                },
-            );
+        match layout::parse_blob_key(&object.key) {
+            BlobObject::Data(digest) => blobs.push(digest, object.size, object.modified),
+            BlobObject::DirMarker => inventory.markers.push(object),
+            BlobObject::Unknown => inventory.unknown.push(object),
         }
     }
     drop(objects);
     inventory.blobs = blobs.finish();
+
+    let keep = |name: &str, listed: Listed<'_>| match listed {
+        Listed::LayerLink(link) => link.modified() > cutoff || shard.owns_repository(name),
+        _ => true,
+    };
+    let mut listing = RepositoryListing::new(&keep, Some(&inventory.blobs));
+    listing
+        .list(storage, &repository_prefixes, concurrency)
+        .await?;
+    inventory.markers.append(&mut listing.markers);
+    inventory.unknown.append(&mut listing.unknown);
+    inventory.repositories = listing.repositories();
     inventory.multipart_uploads = storage.multipart_uploads(layout::REPOSITORIES).await?;
-    inventory.repositories = repositories
-        .into_iter()
-        .map(|(name, repository)| repository.finish(name))
-        .collect();
     read_tag_links(
         storage,
         &mut inventory.repositories,
         &|repo| shard.owns_repository(&repo.name),
-        &oversize_links,
+        &listing.oversize_links,
         concurrency,
     )
     .await?;
-    inventory.oversize_tag_links = oversize_links;
+    inventory.oversize_tag_links = listing.oversize_links;
     Ok(inventory)
 }
 
@@ -559,18 +689,9 @@ pub async fn list_repositories(
     keep: &dyn Fn(&str, Listed<'_>) -> bool,
 ) -> Result<(Vec<Repository>, HashSet<String>), ScanError> {
     let (prefixes, _) = prefixes_to_list(storage, layout::REPOSITORIES, None).await?;
-    let mut scratch = Inventory::default();
-    let mut repositories: BTreeMap<String, Repository> = BTreeMap::new();
-    let mut oversize = HashSet::new();
-    let mut objects = stream::iter(prefixes.iter().map(|prefix| storage.list(prefix)))
-        .flatten_unordered(concurrency.max(1));
-    while let Some(object) = objects.try_next().await? {
-        add_repository_object(&mut scratch, &mut repositories, &mut oversize, object, keep);
-    }
-    let repositories = repositories
-        .into_iter()
-        .map(|(name, repository)| repository.finish(name));
-    Ok((repositories.collect(), oversize))
+    let mut listing = RepositoryListing::new(keep, None);
+    listing.list(storage, &prefixes, concurrency).await?;
+    Ok((listing.repositories(), listing.oversize_links))
 }
 
 /// How many key ranges the sha256 blobs are listed in, where the backend can start a listing at a
@@ -666,86 +787,137 @@ fn push_sparingly<T>(items: &mut Vec<T>, item: T) {
     items.push(item);
 }
 
-fn add_repository_object(
-    inventory: &mut Inventory,
-    repositories: &mut BTreeMap<String, Repository>,
-    oversize_links: &mut HashSet<String>,
-    object: ObjectMeta,
-    keep: &dyn Fn(&str, Listed<'_>) -> bool,
-) {
-    let parsed = layout::parse_repository_key(&object.key);
-    let Some(name) = parsed.repository else {
-        match parsed.object {
-            RepositoryObject::DirMarker => inventory.markers.push(object),
-            _ => inventory.unknown.push(object),
+/// The repositories of a listing below `repositories/`, as its objects arrive.
+struct RepositoryListing<'a> {
+    repositories: BTreeMap<String, Repository>,
+    /// Tag links refused by their listed size: never read into memory.
+    oversize_links: HashSet<String>,
+    /// Empty directories outside any repository.
+    markers: Vec<ObjectMeta>,
+    /// Objects outside any repository that regsweep does not recognise.
+    unknown: Vec<ObjectMeta>,
+    /// Which links to hold.
+    keep: &'a dyn Fn(&str, Listed<'_>) -> bool,
+    /// The finished universe, to hold layer links by index ([`LayerLinks`]).
+    universe: Option<&'a BlobUniverse>,
+}
+
+impl<'a> RepositoryListing<'a> {
+    fn new(
+        keep: &'a dyn Fn(&str, Listed<'_>) -> bool,
+        universe: Option<&'a BlobUniverse>,
+    ) -> RepositoryListing<'a> {
+        RepositoryListing {
+            repositories: BTreeMap::new(),
+            oversize_links: HashSet::new(),
+            markers: Vec::new(),
+            unknown: Vec::new(),
+            keep,
+            universe,
         }
-        return;
-    };
-    // Looked up before inserting: an owned key per object would be one allocation per object.
-    // The name is the key's alone until the repository is finished: one copy per repository.
-    if !repositories.contains_key(name) {
-        repositories.insert(name.to_owned(), Repository::default());
     }
-    let repository = repositories.get_mut(name).expect("inserted above");
-    let modified = object.modified;
-    match parsed.object {
-        RepositoryObject::LayerLink(digest) => {
-            let link = Link::new(digest, modified);
-            if keep(name, Listed::LayerLink(&link)) {
-                push_sparingly(&mut repository.layer_links, link);
-            }
+
+    /// Lists `prefixes` recursively, `concurrency` at a time, each object taken as its page
+    /// arrives (no listing is held whole).
+    async fn list(
+        &mut self,
+        storage: &Arc<dyn Storage>,
+        prefixes: &[String],
+        concurrency: usize,
+    ) -> Result<(), ScanError> {
+        let mut objects = stream::iter(prefixes.iter().map(|prefix| storage.list(prefix)))
+            .flatten_unordered(concurrency.max(1));
+        while let Some(object) = objects.try_next().await? {
+            self.add(object);
         }
-        RepositoryObject::RevisionLink(digest) => {
-            let link = Link::new(digest, modified);
-            if keep(name, Listed::Revision(&link)) {
-                repository.revisions.push(link);
+        Ok(())
+    }
+
+    /// The repositories listed, finished, by name (taken: the listing holds none after).
+    fn repositories(&mut self) -> Vec<Repository> {
+        std::mem::take(&mut self.repositories)
+            .into_iter()
+            .map(|(name, repository)| repository.finish(name))
+            .collect()
+    }
+
+    fn add(&mut self, object: ObjectMeta) {
+        let keep = self.keep;
+        let parsed = layout::parse_repository_key(&object.key);
+        let Some(name) = parsed.repository else {
+            match parsed.object {
+                RepositoryObject::DirMarker => self.markers.push(object),
+                _ => self.unknown.push(object),
             }
+            return;
+        };
+        let repositories = &mut self.repositories;
+        // Looked up before inserting: an owned key per object would be one allocation per object.
+        // The name is the key's alone until the repository is finished: one copy per repository.
+        if !repositories.contains_key(name) {
+            repositories.insert(name.to_owned(), Repository::default());
         }
-        RepositoryObject::RevisionSignature {
-            revision,
-            signature,
-        } => repository.signatures.push(SignatureLink {
-            revision,
-            signature,
-            modified,
-        }),
-        RepositoryObject::TagCurrent { tag } => {
-            if !keep(name, Listed::TagCurrent { tag, modified }) {
-                return;
+        let repository = repositories.get_mut(name).expect("inserted above");
+        let modified = object.modified;
+        match parsed.object {
+            RepositoryObject::LayerLink(digest) => {
+                let link = Link::new(digest, modified);
+                if keep(name, Listed::LayerLink(&link)) {
+                    repository.layer_links.push(link, self.universe);
+                }
             }
-            let target = if object.size > layout::MAX_LINK_BYTES {
-                oversize_links.insert(object.key.clone());
-                Err(DigestError::Malformed(format!(
-                    "<{} bytes, not read: a link holds at most {}>",
-                    object.size,
-                    layout::MAX_LINK_BYTES
-                )))
-            } else {
-                // Filled in by `read_tag_links`.
-                Err(DigestError::Malformed(String::new()))
-            };
-            tag_mut(repository, tag).current = Some(TagCurrent { target, modified })
-        }
-        RepositoryObject::TagIndex { tag, digest } => {
-            let entry = Link::new(digest, modified);
-            if keep(name, Listed::TagIndexEntry { tag, entry: &entry }) {
-                tag_mut(repository, tag).index.push(entry);
+            RepositoryObject::RevisionLink(digest) => {
+                let link = Link::new(digest, modified);
+                if keep(name, Listed::Revision(&link)) {
+                    repository.revisions.push(link);
+                }
             }
-        }
-        RepositoryObject::Upload { id } => {
-            // An upload's files are listed one after another, but for a directory walk's
-            // `hashstates/`, which may come after other uploads: a piece met again is added
-            // again and merged when the repository is finished (as tags are, see `tag_mut`).
-            match repository.uploads.last_mut().filter(|u| u.id == id) {
-                Some(upload) => upload.files.push(object),
-                None => repository.uploads.push(Upload {
-                    id: id.to_owned(),
-                    files: vec![object],
-                }),
+            RepositoryObject::RevisionSignature {
+                revision,
+                signature,
+            } => repository.signatures.push(SignatureLink {
+                revision,
+                signature,
+                modified,
+            }),
+            RepositoryObject::TagCurrent { tag } => {
+                if !keep(name, Listed::TagCurrent { tag, modified }) {
+                    return;
+                }
+                let target = if object.size > layout::MAX_LINK_BYTES {
+                    self.oversize_links.insert(object.key.clone());
+                    Err(DigestError::Malformed(format!(
+                        "<{} bytes, not read: a link holds at most {}>",
+                        object.size,
+                        layout::MAX_LINK_BYTES
+                    )))
+                } else {
+                    // Filled in by `read_tag_links`.
+                    Err(DigestError::Malformed(String::new()))
+                };
+                tag_mut(repository, tag).current = Some(TagCurrent { target, modified })
             }
+            RepositoryObject::TagIndex { tag, digest } => {
+                let entry = Link::new(digest, modified);
+                if keep(name, Listed::TagIndexEntry { tag, entry: &entry }) {
+                    tag_mut(repository, tag).index.push(entry);
+                }
+            }
+            RepositoryObject::Upload { id } => {
+                // An upload's files are listed one after another, but for a directory walk's
+                // `hashstates/`, which may come after other uploads: a piece met again is added
+                // again and merged when the repository is finished (as tags are, see `tag_mut`).
+                match repository.uploads.last_mut().filter(|u| u.id == id) {
+                    Some(upload) => upload.files.push(object),
+                    None => repository.uploads.push(Upload {
+                        id: id.to_owned(),
+                        files: vec![object],
+                    }),
+                }
+            }
+            RepositoryObject::DirMarker => repository.markers.push(object),
+            RepositoryObject::Unknown => repository.unknown.push(object),
         }
-        RepositoryObject::DirMarker => repository.markers.push(object),
-        RepositoryObject::Unknown => repository.unknown.push(object),
     }
 }
 
@@ -903,9 +1075,19 @@ mod tests {
             current: None,
             index: Vec::new(),
         };
+        // Blobs 1, 5 and 9 are stored: their links are held by index, 3 and 7 whole.
+        let universe = BlobUniverse::new(
+            [9, 1, 5]
+                .map(|b| (Digest::from_bytes([b; 32]), 10, at(0)))
+                .to_vec(),
+        );
+        let mut layer_links = LayerLinks::default();
+        for b in [9, 3, 7, 1, 5] {
+            layer_links.push(link(b, u64::from(b)), Some(&universe));
+        }
         let repository = Repository {
             name: "app".to_owned(),
-            layer_links: [9, 3, 7, 1, 5].map(|b| link(b, u64::from(b))).to_vec(),
+            layer_links,
             revisions: vec![link(8, 1), link(2, 1)],
             // `a` listed in two pieces, its current link and then, after others, an index entry.
             tags: vec![
@@ -928,14 +1110,29 @@ mod tests {
         .finish("app".to_owned());
         let digests =
             |links: &[Link]| -> Vec<u8> { links.iter().map(|l| l.digest.as_bytes()[0]).collect() };
-        assert_eq!(digests(&repository.layer_links), vec![1, 3, 5, 7, 9]);
-        assert_eq!(digests(&repository.revisions), vec![2, 8]);
-        for b in [1, 3, 5, 7, 9] {
-            assert!(repository.lists_layer_link(&link(b, u64::from(b))));
+        let layers = &repository.layer_links;
+        let held: Vec<(Link, Option<u32>)> = layers.iter(&universe).collect();
+        // Stored blobs first, by index (digest order), then the others by digest; every link
+        // keeps its time to the nanosecond.
+        let expected = [
+            (1, Some(0)),
+            (5, Some(1)),
+            (9, Some(2)),
+            (3, None),
+            (7, None),
+        ]
+        .map(|(b, index)| (link(b, u64::from(b)), index));
+        assert_eq!(held, expected);
+        for (position, expected) in (0..).zip(expected) {
+            assert_eq!(layers.get(position, &universe), expected);
+            assert!(layers.lists(&expected.0, &universe));
         }
+        assert_eq!(layers.len(), 5);
         // Written again since (another time), or never listed.
-        assert!(!repository.lists_layer_link(&link(5, 6)));
-        assert!(!repository.lists_layer_link(&link(4, 4)));
+        assert!(!layers.lists(&link(5, 6), &universe));
+        assert!(!layers.lists(&link(3, 4), &universe));
+        assert!(!layers.lists(&link(4, 4), &universe));
+        assert_eq!(digests(&repository.revisions), vec![2, 8]);
         assert!(repository.lists_revision(&link(8, 1)));
         assert!(
             !repository.lists_revision(&link(9, 9)),

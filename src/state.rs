@@ -632,8 +632,17 @@ impl MarkState {
             universe.push(*digest, 0, SystemTime::UNIX_EPOCH);
             unlisted += 1;
         }
+        let universe = universe.finish();
+        // Links held by index name blobs of the listed universe: the same blobs, elsewhere now.
+        for repo in &mut inventory.repositories {
+            repo.layer_links.reindex(|i| {
+                universe
+                    .index(listed.digest(i))
+                    .expect("the listed blobs are in the universe")
+            });
+        }
         drop(listed);
-        inventory.blobs = universe.finish();
+        inventory.blobs = universe;
         let universe = &inventory.blobs;
         let index = |k: u32| {
             universe
@@ -879,7 +888,7 @@ fn hex(bytes: &[u8]) -> String {
 mod tests {
     use super::*;
     use crate::manifest::{ManifestKind, ManifestRefs};
-    use crate::scan::{BlobUniverse, Link, Tag, TagCurrent};
+    use crate::scan::{BlobUniverse, LayerLinks, Link, Tag, TagCurrent};
 
     fn d(n: u8) -> Digest {
         Digest::from_bytes([n; 32])
@@ -914,14 +923,14 @@ mod tests {
             Repository {
                 name: "a".to_owned(),
                 revisions: vec![link(2)],
-                layer_links: vec![link(3), link(4)],
+                layer_links: vec![link(3), link(4)].into(),
                 tags: vec![tag("v1", 2)],
                 ..Repository::default()
             },
             Repository {
                 name: "b".to_owned(),
                 revisions: vec![link(5)],
-                layer_links: vec![link(3)],
+                layer_links: vec![link(3)].into(),
                 tags: vec![tag("gone", 9)],
                 ..Repository::default()
             },
@@ -996,19 +1005,35 @@ mod tests {
         let decoded = MarkState::decode(&state.encode(), &location()).unwrap();
         assert_eq!(decoded, state);
 
-        // A shard that listed blobs 1, 3 and 6, and repositories b and c (new since the mark).
+        // A shard that listed blobs 1, 3 and 6, and repositories b and c (new since the mark); b's
+        // links to 3 and 6 are held by index, its link to 4 (not listed) whole.
         let t = SystemTime::UNIX_EPOCH;
+        let listed = BlobUniverse::new([1, 3, 6].map(|n| (d(n), 10, t)).to_vec());
+        let mut repositories = ["b", "c"].map(|name| Repository {
+            name: name.to_owned(),
+            ..Repository::default()
+        });
+        repositories[0].layer_links = LayerLinks::resolved([3, 4, 6].map(link), &listed);
         let mut shard = Inventory {
-            blobs: BlobUniverse::new([1, 3, 6].map(|n| (d(n), 10, t)).to_vec()),
-            repositories: ["b", "c"]
-                .map(|name| Repository {
-                    name: name.to_owned(),
-                    ..Repository::default()
-                })
-                .to_vec(),
+            blobs: listed,
+            repositories: repositories.to_vec(),
             ..Inventory::default()
         };
         let applied = decoded.apply(&mut shard);
+        let layers: Vec<(Link, Option<u32>)> = shard.repositories[0]
+            .layer_links
+            .iter(&shard.blobs)
+            .collect();
+        let index = |n: u8| shard.blobs.index(&d(n));
+        assert_eq!(
+            layers,
+            [
+                (link(3), index(3)),
+                (link(6), index(6)),
+                (link(4), index(4))
+            ],
+            "links held by index name the same blobs in the universe that replaced the listed one"
+        );
         let marks = &applied.marks;
         assert_eq!(applied.unlisted, 3, "2, 4 and 5 were not listed");
         let universe = &shard.blobs;
@@ -1056,13 +1081,16 @@ mod tests {
         assert_eq!(changed(&|r| r.tags[0].index.push(link(6))), Known::Changed);
         // Anything written after the cut-off (an upload's layer link).
         let young = Link::new(d(6), state.header.cutoff() + Duration::from_secs(1));
-        assert_eq!(changed(&|r| r.layer_links.push(young)), Known::Changed);
+        assert_eq!(
+            changed(&|r| r.layer_links = vec![link(3), young].into()),
+            Known::Changed
+        );
         // What went since (a sweep that was interrupted, an API delete) changes nothing.
         assert_eq!(
             changed(&|r| {
                 r.revisions.clear();
                 r.tags.clear();
-                r.layer_links.clear();
+                r.layer_links = LayerLinks::default();
             }),
             Known::Unchanged { unlisted: &[d(8)] }
         );
