@@ -17,7 +17,8 @@
 //! puts N images (nine blobs each) in every repository instead of four: `1000000` makes one huge
 //! repository, where anything quadratic in a repository's size shows.
 //!
-//! The synthetic registry is `support/synthetic.rs`.
+//! The synthetic registry is `support/synthetic.rs`. With `RUST_LOG=regsweep=info`, each run also
+//! logs its stages and its resident set every 250 ms on stderr (where the peak is).
 
 #[path = "support/synthetic.rs"]
 mod synthetic;
@@ -39,6 +40,7 @@ struct Run {
 }
 
 fn measure(blobs: u32, run: Run) {
+    synthetic::log_stages_and_rss();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -408,11 +408,38 @@ impl Storage for SyntheticRegistry {
 
 /// The process's peak resident set, in bytes.
 pub fn peak_rss() -> u64 {
+    status_bytes("VmHWM:")
+}
+
+/// The resident set now, in bytes.
+pub fn rss() -> u64 {
+    status_bytes("VmRSS:")
+}
+
+fn status_bytes(field: &str) -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .expect("VmHWM in /proc/self/status")
+        .unwrap_or_else(|| panic!("{field} in /proc/self/status"))
         * 1024
+}
+
+/// With `RUST_LOG` set (e.g. `RUST_LOG=regsweep=info`): regsweep's stage logs on stderr, with the
+/// resident set logged every 250 ms among them, to tell which stage holds the peak.
+pub fn log_stages_and_rss() {
+    if std::env::var_os("RUST_LOG").is_none() {
+        return;
+    }
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .init();
+    std::thread::spawn(|| {
+        loop {
+            eprintln!("rss_mib={}", rss() >> 20);
+            std::thread::sleep(std::time::Duration::from_millis(250));
+        }
+    });
 }
