@@ -426,13 +426,19 @@ impl Repository {
             || self.unknown.iter().any(|o| after(o.modified))
     }
 
-    /// Names the repository listed under `name`, sorts its links (tag index entries too) by digest
-    /// and its tags by name (signatures, uploads and unknown objects too), for the lookups below (a
-    /// repository's listing is compared with an earlier one object by object), and drops the spare
-    /// capacity the listing left in its links and tags (an inventory holds every link of the
-    /// registry).
+    /// Names the repository listed under `name` and tidies it ([`Repository::tidy`]).
     fn finish(mut self, name: String) -> Repository {
         self.name = name;
+        self.tidy();
+        self
+    }
+
+    /// Sorts the links (tag index entries too) by digest and the tags by name (signatures, uploads
+    /// and unknown objects too), for the lookups below (a repository's listing is compared with an
+    /// earlier one object by object), and drops the spare capacity the listing left in its links
+    /// and tags (an inventory holds every link of the registry). Objects listed after can be added,
+    /// and tidied again.
+    fn tidy(&mut self) {
         self.signatures
             .sort_unstable_by_key(|s| (s.revision, s.signature));
         // An upload listed in pieces becomes one, its files in order.
@@ -469,7 +475,6 @@ impl Repository {
             tag.index.sort_unstable_by_key(|l| l.digest);
             tag.index.shrink_to_fit();
         }
-        self
     }
 
     /// Whether `link` is among the revision links, with the same modification time.
@@ -790,6 +795,11 @@ fn push_sparingly<T>(items: &mut Vec<T>, item: T) {
 /// The repositories of a listing below `repositories/`, as its objects arrive.
 struct RepositoryListing<'a> {
     repositories: BTreeMap<String, Repository>,
+    /// For each prefix listed, the repository of its last object. A listing gives a repository's
+    /// objects one after another (but for a repository nested in another, in a directory walk), so
+    /// the repository a listing moves on from is tidied then: its spare room is not held while
+    /// the rest of the registry is listed. One met again is added to, and tidied again.
+    last: Vec<String>,
     /// Tag links refused by their listed size: never read into memory.
     oversize_links: HashSet<String>,
     /// Empty directories outside any repository.
@@ -809,6 +819,7 @@ impl<'a> RepositoryListing<'a> {
     ) -> RepositoryListing<'a> {
         RepositoryListing {
             repositories: BTreeMap::new(),
+            last: Vec::new(),
             oversize_links: HashSet::new(),
             markers: Vec::new(),
             unknown: Vec::new(),
@@ -825,10 +836,15 @@ impl<'a> RepositoryListing<'a> {
         prefixes: &[String],
         concurrency: usize,
     ) -> Result<(), ScanError> {
-        let mut objects = stream::iter(prefixes.iter().map(|prefix| storage.list(prefix)))
-            .flatten_unordered(concurrency.max(1));
-        while let Some(object) = objects.try_next().await? {
-            self.add(object);
+        self.last = vec![String::new(); prefixes.len()];
+        let listings = prefixes.iter().enumerate().map(|(listing, prefix)| {
+            storage
+                .list(prefix)
+                .map(move |object| object.map(|object| (listing, object)))
+        });
+        let mut objects = stream::iter(listings).flatten_unordered(concurrency.max(1));
+        while let Some((listing, object)) = objects.try_next().await? {
+            self.add(listing, object);
         }
         Ok(())
     }
@@ -841,7 +857,8 @@ impl<'a> RepositoryListing<'a> {
             .collect()
     }
 
-    fn add(&mut self, object: ObjectMeta) {
+    /// Adds an object of the `listing`th prefix.
+    fn add(&mut self, listing: usize, object: ObjectMeta) {
         let keep = self.keep;
         let parsed = layout::parse_repository_key(&object.key);
         let Some(name) = parsed.repository else {
@@ -851,6 +868,14 @@ impl<'a> RepositoryListing<'a> {
             }
             return;
         };
+        let last = &mut self.last[listing];
+        if last != name {
+            if let Some(previous) = self.repositories.get_mut(last.as_str()) {
+                previous.tidy();
+            }
+            last.clear();
+            last.push_str(name);
+        }
         let repositories = &mut self.repositories;
         // Looked up before inserting: an owned key per object would be one allocation per object.
         // The name is the key's alone until the repository is finished: one copy per repository.
@@ -1150,6 +1175,66 @@ mod tests {
         );
         assert_eq!(repository.tag("b").map(|t| t.name.as_str()), Some("b"));
         assert!(repository.tag("d").is_none());
+    }
+
+    #[test]
+    fn a_repository_tidied_when_its_listing_moves_on_is_the_same_when_met_again() {
+        let d = |byte: u8| Digest::from_bytes([byte; 32]);
+        let at = |s| SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(s);
+        let object = |key: String, s| ObjectMeta {
+            key,
+            size: 71,
+            modified: at(s),
+        };
+        let upload =
+            |id: &str, file: &str| format!("{}_uploads/{id}/{file}", layout::repository("a"));
+        // Repository `a`, with `a/b` nested in it, as a directory walk may give them: `a`'s
+        // objects before and after `a/b`'s, and a tag, an upload and layer links in pieces.
+        let walked = [
+            object(layout::layer_link("a", &d(9)), 1),
+            object(layout::tag_current_link("a", "v1"), 2),
+            object(upload("u", "hashstates/sha256/0"), 3),
+            object(layout::layer_link("a/b", &d(4)), 4),
+            object(layout::layer_link("a/b", &d(2)), 5),
+            object(layout::layer_link("a", &d(3)), 6),
+            object(layout::tag_index_link("a", "v1", &d(7)), 7),
+            object(upload("t", "data"), 8),
+            object(upload("u", "data"), 9),
+            object(layout::layer_link("a", &d(1)), 10),
+        ];
+        let universe = BlobUniverse::new([1, 2, 9].map(|b| (d(b), 10, at(0))).to_vec());
+        let keep = |_: &str, _: Listed<'_>| true;
+        let listed = |order: &mut dyn Iterator<Item = &ObjectMeta>| {
+            let mut listing = RepositoryListing::new(&keep, Some(&universe));
+            listing.last = vec![String::new()];
+            for object in order {
+                listing.add(0, object.clone());
+            }
+            listing.repositories()
+        };
+        let mut sorted: Vec<&ObjectMeta> = walked.iter().collect();
+        sorted.sort_by(|a, b| a.key.cmp(&b.key));
+        let repositories = listed(&mut walked.iter());
+        assert_eq!(repositories, listed(&mut sorted.into_iter()));
+        let [a, b] = &repositories[..] else {
+            panic!("{repositories:?}")
+        };
+        let digests = |r: &Repository| -> Vec<Digest> {
+            r.layer_links
+                .iter(&universe)
+                .map(|(l, _)| l.digest)
+                .collect()
+        };
+        assert_eq!(digests(a), [d(1), d(9), d(3)], "stored, then whole");
+        assert_eq!(digests(b), [d(2), d(4)]);
+        assert_eq!(a.tags.len(), 1);
+        assert!(a.tags[0].current.is_some() && a.tags[0].index.len() == 1);
+        let uploads: Vec<(&str, usize)> = a
+            .uploads
+            .iter()
+            .map(|u| (u.id.as_str(), u.files.len()))
+            .collect();
+        assert_eq!(uploads, [("t", 1), ("u", 2)]);
     }
 
     #[test]
