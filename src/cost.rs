@@ -1075,7 +1075,7 @@ mod tests {
             })
             .collect();
         blobs.sort_by_key(|b| b.0);
-        inventory.blobs = BlobUniverse::new(blobs);
+        inventory.replace_blobs(BlobUniverse::new(blobs));
         let report = report_of(&inventory, &catalog, 10);
         assert_eq!(report.reclaimable_by_cause.orphan_blobs.count, 1);
         assert_eq!(report.repositories[0].reclaimable_bytes, 7);
@@ -1108,7 +1108,7 @@ mod tests {
             })
             .collect();
         blobs.sort_by_key(|b| b.0);
-        inventory.blobs = BlobUniverse::new(blobs);
+        inventory.replace_blobs(BlobUniverse::new(blobs));
         let report = report_of(&inventory, &catalog, 10);
         let months: Vec<&str> = report.growth.iter().map(|p| p.month.as_str()).collect();
         assert_eq!(months, ["2026-01", "2026-02", "2026-03", "2026-04"]);

@@ -5,7 +5,7 @@
 //! - [`config`]: where the storage is, from the registry's own `config.yml` or a `--storage` URL;
 //! - [`storage`]: the small async trait every backend implements ([`storage::local`] for filesystems);
 //! - [`layout`]: every path format of the storage, in one place;
-//! - [`scan`]: one concurrent listing into an [`scan::Inventory`];
+//! - [`scan`]: concurrent listings, blobs then repositories, into an [`scan::Inventory`];
 //! - [`manifest`] and [`mark`]: what is live, as a compact bitmap over the blobs;
 //! - [`absence`]: a referenced blob the listing did not return is confirmed gone before the mark;
 //! - [`select`]: what `delete` and `prune` take away (tags removed, manifests released) — pure;

@@ -88,9 +88,9 @@ pub enum Kind {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Target {
     Blob(u32),
-    /// A `_layers` link, by its repository's index in the inventory and its own in the
-    /// repository's `layer_links`: a plan can hold millions, and a key string each would make
-    /// them the largest part of it.
+    /// A `_layers` link, by its repository's index in the inventory and its position in the
+    /// repository's `layer_links` ([`crate::scan::LayerLinks::get`]): a plan can hold millions,
+    /// and a key string each would make them the largest part of it.
     LayerLink {
         repository: u32,
         link: u32,
@@ -520,7 +520,7 @@ mod tests {
     use crate::digest::DigestError;
     use crate::manifest::{ManifestKind, ManifestRefs};
     use crate::mark::{self, ManifestCatalog, MarkError, MarkOptions};
-    use crate::scan::{Link, Tag, TagCurrent, Upload};
+    use crate::scan::{LayerLinks, Link, Tag, TagCurrent, Upload};
 
     const NOW: Duration = Duration::from_secs(1_000_000);
     const HOUR: Duration = Duration::from_secs(3600);
@@ -578,11 +578,18 @@ mod tests {
             self.repositories.last_mut().unwrap()
         }
 
+        /// The inventory, its layer links held as a scan holds them: by index where their blob is
+        /// stored, whole where not (a plan names a link by its position among both).
         fn inventory(&self) -> Inventory {
+            let blobs = BlobUniverse::new(self.blobs.clone());
             let mut repositories = self.repositories.clone();
             repositories.sort_by(|a, b| a.name.cmp(&b.name));
+            for repo in &mut repositories {
+                let links: Vec<Link> = repo.layer_links.iter(&blobs).map(|(l, _)| l).collect();
+                repo.layer_links = LayerLinks::resolved(links, &blobs);
+            }
             Inventory {
-                blobs: BlobUniverse::new(self.blobs.clone()),
+                blobs,
                 repositories,
                 multipart_uploads: self.multipart_uploads.clone(),
                 ..Inventory::default()

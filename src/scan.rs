@@ -202,11 +202,11 @@ fn nanos_since_epoch(halves: [u32; 2]) -> SystemTime {
 
 /// A repository's `_layers` links. A registry holds about one per blob, so a link to a stored blob
 /// is held as the blob's index in the universe and the link's time: 12 bytes instead of a
-/// [`Link`]'s 40. A link listed without a universe (the re-mark's listing) or to a blob that is not
-/// stored is held whole.
+/// [`Link`]'s 40. A link listed without a universe (the re-mark's listing) or to a blob the universe
+/// does not hold (not stored, or another shard's) is held whole; either way, a link is the same
+/// link to every consumer, which gets its blob's index from the universe it passes.
 ///
-/// Indices are only valid in the universe the links were listed against: the inventory's (a
-/// universe replaced by another moves them, see [`LayerLinks::reindex`]).
+/// Indices are only valid in the inventory's universe ([`Inventory::replace_blobs`] moves them).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LayerLinks {
     /// Sorted by blob index (digest order) when the repository is finished.
@@ -288,8 +288,8 @@ impl LayerLinks {
         stored.chain(whole)
     }
 
-    /// Whether `link` is among these links, with the same modification time (`universe`: the one
-    /// they were listed against).
+    /// Whether `link` is among these links, with the same modification time (`universe`: the
+    /// inventory's).
     pub fn lists(&self, link: &Link, universe: &BlobUniverse) -> bool {
         let stored = universe.index(&link.digest).is_some_and(|blob| {
             holds(
@@ -307,7 +307,7 @@ impl LayerLinks {
     /// Moves links held by index to another universe, `to` giving a blob's index there from its
     /// index in the one they were listed against. `to` must keep the order of the blobs (the new
     /// universe holds the old one's blobs, and maybe more).
-    pub fn reindex(&mut self, to: impl Fn(u32) -> u32) {
+    fn reindex(&mut self, to: impl Fn(u32) -> u32) {
         for link in &mut self.stored {
             link.blob = to(link.blob);
         }
@@ -530,6 +530,7 @@ fn holds<T: PartialEq>(items: &[T], item: &T, order: impl Fn(&T, &T) -> Ordering
 /// The result of a scan.
 #[derive(Debug, Default)]
 pub struct Inventory {
+    /// Replaced only by [`Inventory::replace_blobs`]: layer links name their blob by its index.
     pub blobs: BlobUniverse,
     /// Sorted by name.
     pub repositories: Vec<Repository>,
@@ -547,6 +548,20 @@ impl Inventory {
     /// The repository named `name`.
     pub fn repository(&self, name: &str) -> Option<&Repository> {
         self.repository_index(name).map(|i| &self.repositories[i])
+    }
+
+    /// Replaces the universe by `universe`, which holds every blob of the one it replaces (and
+    /// maybe more: a shard's, grown by the state's live blobs), and moves the layer links held by
+    /// index to it.
+    pub fn replace_blobs(&mut self, universe: BlobUniverse) {
+        let replaced = std::mem::replace(&mut self.blobs, universe);
+        for repo in &mut self.repositories {
+            repo.layer_links.reindex(|i| {
+                self.blobs
+                    .index(replaced.digest(i))
+                    .expect("the new universe holds the blobs of the one it replaces")
+            });
+        }
     }
 
     /// The index of the repository named `name` in [`Inventory::repositories`].
@@ -931,7 +946,7 @@ impl<'a> RepositoryListing<'a> {
             RepositoryObject::Upload { id } => {
                 // An upload's files are listed one after another, but for a directory walk's
                 // `hashstates/`, which may come after other uploads: a piece met again is added
-                // again and merged when the repository is finished (as tags are, see `tag_mut`).
+                // again and merged when the repository is tidied (as tags are, see `tag_mut`).
                 match repository.uploads.last_mut().filter(|u| u.id == id) {
                     Some(upload) => upload.files.push(object),
                     None => repository.uploads.push(Upload {
@@ -947,7 +962,7 @@ impl<'a> RepositoryListing<'a> {
 }
 
 /// The tag `name` of a repository being listed. Tags are held in the listing's order and sorted
-/// when the repository is finished ([`Repository::finish`]): a listing gives a tag's objects one
+/// when the repository is tidied ([`Repository::tidy`]): a listing gives a tag's objects one
 /// after another (S3's is sorted, a directory walk goes depth first), so the last tag is nearly
 /// always the one, and a tag met again further on is added again and merged then. Inserting each
 /// in order instead costs a quadratic number of moves when a directory's order is a hash's (ext4),

@@ -616,7 +616,7 @@ impl MarkState {
     /// Adds the live blobs the listing of `inventory` did not return (other shards' blobs) to its
     /// universe, as never-deletable entries, and gives the state's marks over that universe.
     pub fn apply(&self, inventory: &mut Inventory) -> Applied {
-        let listed = std::mem::take(&mut inventory.blobs);
+        let listed = &inventory.blobs;
         let unlisted_count = self
             .live
             .iter()
@@ -632,17 +632,7 @@ impl MarkState {
             universe.push(*digest, 0, SystemTime::UNIX_EPOCH);
             unlisted += 1;
         }
-        let universe = universe.finish();
-        // Links held by index name blobs of the listed universe: the same blobs, elsewhere now.
-        for repo in &mut inventory.repositories {
-            repo.layer_links.reindex(|i| {
-                universe
-                    .index(listed.digest(i))
-                    .expect("the listed blobs are in the universe")
-            });
-        }
-        drop(listed);
-        inventory.blobs = universe;
+        inventory.replace_blobs(universe.finish());
         let universe = &inventory.blobs;
         let index = |k: u32| {
             universe
