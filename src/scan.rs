@@ -5,7 +5,7 @@
 //! ranges where the backend can start a listing at a key (S3: 16 requests beyond the pages
 //! themselves), else as the 256 shards `blobs/sha256/00` … `ff` (filesystems, Azure). Links under
 //! `_layers` and `_manifests/revisions` are never read: their digest is in the key. Only tag
-//! `current/link` files are read, concurrently. Blobs are held as a sorted vector of 44-byte
+//! `current/link` files are read, concurrently. Blobs are held as a sorted vector of 42-byte
 //! entries, so that the rest of the pipeline can name a blob by its index in that vector (see
 //! [`crate::mark::MarkSet`]); `_layers` links, about one per blob, are held the same way
 //! ([`LayerLinks`]), which is why the blobs are listed before the repositories.
@@ -36,9 +36,10 @@ pub enum ScanError {
 /// Every sha256 blob in storage, sorted by digest. A blob is named elsewhere by its index here.
 ///
 /// The universe is the largest structure of a run (one entry per blob; tens of millions on big
-/// registries), so an entry is 44 bytes: the digest, the size in 32 bits (larger blobs are rare and
-/// kept aside) and the modification time in milliseconds, rounded up so that a blob never looks
-/// older than it is (the grace period errs on the side of keeping).
+/// registries), so an entry is 42 bytes: the digest, the size in 32 bits (larger blobs are rare and
+/// kept aside) and the modification time in milliseconds in 48 bits (enough for 8,900 years),
+/// rounded up so that a blob never looks older than it is (the grace period errs on the side of
+/// keeping). Fields are byte arrays: an alignment of 1 leaves no padding.
 #[derive(Debug, Default)]
 pub struct BlobUniverse {
     entries: Vec<BlobEntry>,
@@ -49,11 +50,10 @@ pub struct BlobUniverse {
 #[derive(Debug, Clone, Copy)]
 struct BlobEntry {
     digest: Digest,
-    /// The size, or [`LARGE`] when it is in [`BlobUniverse::large`].
-    size: u32,
-    /// Milliseconds since the epoch, rounded up, in two halves (an alignment of 4 keeps the entry
-    /// at 44 bytes).
-    modified: [u32; 2],
+    /// The size, or [`LARGE`] when it is in [`BlobUniverse::large`], little-endian.
+    size: [u8; 4],
+    /// Milliseconds since the epoch, rounded up, little-endian in 48 bits.
+    modified: [u8; 6],
 }
 
 const LARGE: u32 = u32::MAX;
@@ -83,10 +83,11 @@ impl BlobUniverseBuilder {
                 LARGE
             }
         };
+        let millis = millis_rounded_up(modified).to_le_bytes();
         self.universe.entries.push(BlobEntry {
             digest,
-            size,
-            modified: split(millis_rounded_up(modified)),
+            size: size.to_le_bytes(),
+            modified: millis[..6].try_into().expect("6 of 8 bytes"),
         });
     }
 
@@ -99,14 +100,17 @@ impl BlobUniverseBuilder {
     }
 }
 
-/// `time` in milliseconds since the epoch, rounded up; times before 1970 are the epoch.
+/// `time` in milliseconds since the epoch, rounded up; times before 1970 are the epoch, and times
+/// past 48 bits of milliseconds (the year 10889) that year.
 fn millis_rounded_up(time: SystemTime) -> u64 {
     let since = time
         .duration_since(SystemTime::UNIX_EPOCH)
         .unwrap_or_default();
     let millis = since.as_nanos().div_ceil(1_000_000);
-    u64::try_from(millis).unwrap_or(u64::MAX)
+    u64::try_from(millis).map_or(MAX_MILLIS, |m| m.min(MAX_MILLIS))
 }
+
+const MAX_MILLIS: u64 = (1 << 48) - 1;
 
 fn split(value: u64) -> [u32; 2] {
     [(value >> 32) as u32, value as u32]
@@ -148,7 +152,7 @@ impl BlobUniverse {
 
     pub fn size(&self, index: u32) -> u64 {
         let entry = &self.entries[index as usize];
-        match entry.size {
+        match u32::from_le_bytes(entry.size) {
             LARGE => self.large[&entry.digest],
             size => u64::from(size),
         }
@@ -156,8 +160,9 @@ impl BlobUniverse {
 
     /// When the blob was last modified, rounded up to the millisecond.
     pub fn modified(&self, index: u32) -> SystemTime {
-        SystemTime::UNIX_EPOCH
-            + std::time::Duration::from_millis(join(self.entries[index as usize].modified))
+        let mut millis = [0; 8];
+        millis[..6].copy_from_slice(&self.entries[index as usize].modified);
+        SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(u64::from_le_bytes(millis))
     }
 
     pub fn total_bytes(&self) -> u64 {
@@ -1104,6 +1109,11 @@ mod tests {
         assert!(universe.modified(1) >= early);
         assert!(universe.modified(1) < early + std::time::Duration::from_millis(1));
         assert_eq!(universe.modified(0), SystemTime::UNIX_EPOCH);
+        assert_eq!(size_of::<BlobEntry>(), 42);
+        // Past 48 bits of milliseconds: still in the future, never older.
+        let far = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1 << 40);
+        let universe = BlobUniverse::new(vec![(small, 1, far)]);
+        assert!(universe.modified(0) > SystemTime::now());
     }
 
     #[test]
