@@ -187,6 +187,9 @@ fn run(
         "{step:?} failed\n{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    if std::env::var_os("RUST_LOG").is_some() {
+        eprint!("{}", String::from_utf8_lossy(&out.stderr));
+    }
     print!("{stdout}");
     let line: Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
     let bitmap = RoaringBitmap::deserialize_from(&std::fs::read(&deleted).unwrap()[..]).unwrap();
