@@ -369,7 +369,8 @@ impl Collection {
 
     /// The mark state of this collection's mark, for `regsweep sweep` (`run` names the mark,
     /// `storage_id` is the storage's [`state::storage_id`]). The collection is taken, and freed as
-    /// the state is built: the plan first, then the repositories.
+    /// the state is built: the plan first, then the repositories, the catalog and the per-repository
+    /// marks.
     pub fn into_state(self, run: &RunId, storage_id: String) -> MarkState {
         let header = StateHeader {
             run: run.to_string(),
@@ -396,7 +397,7 @@ impl Collection {
             ..
         } = self;
         drop(plan);
-        MarkState::of_inventory(header, inventory, &catalog, &marks)
+        MarkState::of_inventory(header, inventory, catalog, marks)
     }
 
     /// What the scan found.

@@ -417,6 +417,18 @@ pub struct Expectations {
 /// How far a state's start may lie ahead of this machine's clock (the marking machine's clock).
 const CLOCK_SKEW: Duration = Duration::from_secs(5 * 60);
 
+/// Gives the memory freed so far back to the system, before a large allocation: glibc keeps freed
+/// heap for reuse, while an allocation of hundreds of megabytes (the live blobs, then the state's
+/// encoding) is mapped afresh beside it, and the peak would hold both. Other allocators (musl's)
+/// return memory by themselves.
+fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim takes no pointer; it only walks the allocator's own free lists.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// Each repository's part of the state of a mark of `inventory`.
 fn repository_states(
     inventory: &Inventory,
@@ -480,31 +492,40 @@ impl MarkState {
         marks: &MarkSet,
     ) -> MarkState {
         let repositories = repository_states(inventory, catalog, marks);
-        MarkState::assemble(header, &inventory.blobs, marks, repositories)
+        MarkState::assemble(header, &inventory.blobs, &marks.blobs, repositories)
     }
 
-    /// The state of a mark of `inventory`, which it takes: its repositories (about one link per
-    /// blob) are freed before the live blobs are copied out of its universe, so that the two are
-    /// never held together (a mark's peak).
+    /// The state of a mark of `inventory`, which it takes with the mark's catalog and marks: all
+    /// but the universe and the live set (the repositories, about one link per blob, the catalog
+    /// and each repository's marks) are freed before the live blobs are copied out of the
+    /// universe, so that they are never held together (a mark's peak).
     pub fn of_inventory(
         header: StateHeader,
         inventory: Inventory,
-        catalog: &ManifestCatalog,
-        marks: &MarkSet,
+        catalog: ManifestCatalog,
+        marks: MarkSet,
     ) -> MarkState {
-        let repositories = repository_states(&inventory, catalog, marks);
+        let repositories = repository_states(&inventory, &catalog, &marks);
         // Dropped here, not at the end of the function as the rest of a destructured value is.
+        drop(catalog);
         drop(inventory.repositories);
-        MarkState::assemble(header, &inventory.blobs, marks, repositories)
+        let MarkSet {
+            blobs: live,
+            repositories: repository_marks,
+            ..
+        } = marks;
+        drop(repository_marks);
+        release_freed_memory();
+        MarkState::assemble(header, &inventory.blobs, &live, repositories)
     }
 
     fn assemble(
         header: StateHeader,
         universe: &BlobUniverse,
-        marks: &MarkSet,
+        live: &RoaringBitmap,
         repositories: Vec<RepositoryState>,
     ) -> MarkState {
-        let live: Vec<Digest> = marks.blobs.iter().map(|i| *universe.digest(i)).collect();
+        let live: Vec<Digest> = live.iter().map(|i| *universe.digest(i)).collect();
         MarkState {
             header: StateHeader {
                 live_blobs: live.len() as u64,
