@@ -370,7 +370,6 @@ fn plan_repository(
             .is_some_and(|i| marks.manifests.contains(i))
     };
     let mut kept_anything = !repo.unknown.is_empty();
-    let keys = |kind, phase, keys: Vec<String>| Deletion::of_keys(phase, kind, keys);
     let mut deletions = Vec::new();
 
     // Manifests: revision links that no live thing reaches, with their signature links.
@@ -387,7 +386,7 @@ fn plan_repository(
                 .filter(|s| s.revision == revision.digest && old(s.modified))
                 .map(|s| layout::revision_signature_link(name, &s.revision, &s.signature)),
         );
-        deletions.push(keys(Kind::Manifest, Phase::Manifests, doomed));
+        deletions.push(Deletion::of_keys(Phase::Manifests, Kind::Manifest, doomed));
     }
     kept_anything |= !kept_revisions.is_empty();
     let revision_listed: HashSet<Digest> = repo.revisions.iter().map(|r| r.digest).collect();
@@ -398,7 +397,11 @@ fn plan_repository(
         if old(signature.modified) && !live(&signature.revision) {
             let key =
                 layout::revision_signature_link(name, &signature.revision, &signature.signature);
-            deletions.push(keys(Kind::SignatureLink, Phase::Manifests, vec![key]));
+            deletions.push(Deletion::of_keys(
+                Phase::Manifests,
+                Kind::SignatureLink,
+                vec![key],
+            ));
         } else {
             kept_anything = true;
         }
@@ -423,7 +426,7 @@ fn plan_repository(
                 if tag.current.is_some() {
                     doomed.push(layout::tag_current_link(name, &tag.name));
                 }
-                deletions.push(keys(Kind::Tag, Phase::Tags, doomed));
+                deletions.push(Deletion::of_keys(Phase::Tags, Kind::Tag, doomed));
                 continue;
             }
         }
@@ -434,7 +437,11 @@ fn plan_repository(
                 || !old(entry.modified());
             if !keep {
                 let key = layout::tag_index_link(name, &tag.name, &entry.digest);
-                deletions.push(keys(Kind::TagIndexEntry, Phase::Manifests, vec![key]));
+                deletions.push(Deletion::of_keys(
+                    Phase::Manifests,
+                    Kind::TagIndexEntry,
+                    vec![key],
+                ));
             }
         }
     }
