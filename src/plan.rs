@@ -146,6 +146,14 @@ impl Deletion {
         }
     }
 
+    /// How many keys [`Deletion::keys`] gives, without formatting them (a plan counts millions).
+    pub fn key_count(&self) -> usize {
+        match &self.target {
+            Target::Keys(keys) => keys.keys.len(),
+            Target::Blob(_) | Target::LayerLink { .. } | Target::Multipart(_) => 1,
+        }
+    }
+
     /// The storage keys this deletion removes.
     pub fn keys(&self, inventory: &Inventory) -> Vec<String> {
         match &self.target {
@@ -654,7 +662,11 @@ mod tests {
     fn deleted(inventory: &Inventory, plan: &SweepPlan) -> BTreeSet<String> {
         plan.deletions
             .iter()
-            .flat_map(|del| del.keys(inventory))
+            .flat_map(|del| {
+                let keys = del.keys(inventory);
+                assert_eq!(del.key_count(), keys.len(), "{del:?}");
+                keys
+            })
             .collect()
     }
 

@@ -113,7 +113,7 @@ impl Summary {
 
     /// Adds one deletion of the plan made from `inventory` that went (or, in a dry run, would go).
     pub fn count_deletion(&mut self, deletion: &Deletion, inventory: &Inventory) {
-        let keys = count(deletion.keys(inventory).len());
+        let keys = count(deletion.key_count());
         match deletion.kind {
             Kind::Manifest => {
                 self.manifests_deleted += 1;
