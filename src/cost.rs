@@ -448,7 +448,6 @@ pub fn compute(inputs: &Inputs<'_>) -> CostReport {
 
     let gc = Freed::of(inputs.plan, inputs.inventory);
     let gc_m = Freed::of(inputs.plan_delete_untagged, inputs.inventory);
-    let repo_index = |name: &str| repos.binary_search_by(|r| r.name.as_str().cmp(name)).ok();
 
     let mut repositories: Vec<RepositoryCost> = repos
         .iter()
@@ -485,7 +484,7 @@ pub fn compute(inputs: &Inputs<'_>) -> CostReport {
             }
         }
         for (name, bytes) in &freed.uploads {
-            match repo_index(name) {
+            match inventory.repository_index(name) {
                 Some(r) => *field(&mut repositories[r]) += bytes,
                 None => unattributed += bytes,
             }
@@ -507,7 +506,7 @@ pub fn compute(inputs: &Inputs<'_>) -> CostReport {
         .filter(|(_, digest)| universe.index(digest).is_some())
         .collect();
     for (name, _) in &untagged {
-        if let Some(r) = repo_index(name) {
+        if let Some(r) = inventory.repository_index(name) {
             repositories[r].untagged_manifests += 1;
         }
     }

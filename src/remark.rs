@@ -364,15 +364,11 @@ async fn read_changed_tag_links(
     scan::read_tag_links(storage, &mut changed, &|_| true, oversize, concurrency).await?;
     // Both sorted by name, as listed.
     for read in changed {
-        let r = repositories
-            .binary_search_by(|r| r.name.cmp(&read.name))
-            .expect("read from this list");
+        let r = scan::named(repositories, &read.name, |r| &r.name).expect("read from this list");
         let repo = &mut repositories[r];
         for tag in read.tags {
-            let t = repo
-                .tags
-                .binary_search_by(|t| t.name.cmp(&tag.name))
-                .expect("read from this repository");
+            let t =
+                scan::named(&repo.tags, &tag.name, |t| &t.name).expect("read from this repository");
             repo.tags[t].current = tag.current;
         }
     }

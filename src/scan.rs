@@ -516,7 +516,7 @@ fn lists(links: &[Link], link: &Link) -> bool {
 }
 
 /// The position of the item named `name` among `items`, sorted by `name_of`: a binary search.
-fn named<T>(items: &[T], name: &str, name_of: fn(&T) -> &String) -> Option<usize> {
+pub(crate) fn named<T>(items: &[T], name: &str, name_of: fn(&T) -> &String) -> Option<usize> {
     items
         .binary_search_by(|item| name_of(item).as_str().cmp(name))
         .ok()

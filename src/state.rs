@@ -33,7 +33,7 @@ use crate::digest::Digest;
 use crate::layout;
 use crate::mark::{ManifestCatalog, MarkSet, RepositoryMarks};
 use crate::metrics;
-use crate::scan::{BlobUniverse, BlobUniverseBuilder, Inventory, Repository};
+use crate::scan::{self, BlobUniverse, BlobUniverseBuilder, Inventory, Repository};
 use crate::storage::{PutCondition, Storage, StorageError};
 
 /// The format this build writes and reads.
@@ -628,10 +628,7 @@ impl MarkState {
     }
 
     fn repository(&self, name: &str) -> Option<&RepositoryState> {
-        self.repositories
-            .binary_search_by(|r| r.name.as_str().cmp(name))
-            .ok()
-            .map(|i| &self.repositories[i])
+        scan::named(&self.repositories, name, |r| &r.name).map(|i| &self.repositories[i])
     }
 
     /// Adds the live blobs the listing of `inventory` did not return (other shards' blobs) to its
