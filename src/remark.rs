@@ -30,7 +30,7 @@ use crate::layout;
 use crate::manifest::{ManifestRefs, parse_manifest};
 use crate::mark::{MAX_MANIFEST_BYTES, ManifestCatalog, MarkOptions, MarkSet};
 use crate::plan::Reprieve;
-use crate::scan::{self, BlobUniverse, Inventory, Link, Listed, Repository, ScanError};
+use crate::scan::{self, BlobUniverse, Inventory, Listed, Repository, ScanError};
 use crate::select::Released;
 use crate::state::{Baseline, Known};
 use crate::storage::{Storage, StorageError};
@@ -387,16 +387,14 @@ fn roots(
     released: &Released,
     reprieve: &mut Reprieve,
 ) -> Result<Vec<Digest>, RemarkError> {
-    // New: not listed by the scan with the same modification time. (What the scan saw young was a
-    // root of the mark already, and the plan never deletes young objects.)
-    let new =
-        |lists: fn(&Repository, &Link) -> bool, link: &Link| before.is_none_or(|b| !lists(b, link));
     let mut busy = before.is_none();
     let mut roots = Vec::new();
     // What removed tags point at: roots after all if the repository turns out busy, since the
     // plan then spares the tags themselves.
     let mut removed_targets = Vec::new();
 
+    // New: not listed by the scan with the same modification time. (What the scan saw young was a
+    // root of the mark already, and the plan never deletes young objects.)
     for (link, _) in repo.layer_links.iter(universe) {
         if before.is_none_or(|b| !b.layer_links.lists(&link, universe)) {
             busy = true;
@@ -405,7 +403,7 @@ fn roots(
         }
     }
     for link in &repo.revisions {
-        let is_new = new(Repository::lists_revision, link);
+        let is_new = before.is_none_or(|b| !b.lists_revision(link));
         busy |= is_new;
         let root = !options.delete_untagged && !released.revision(&repo.name, &link.digest);
         if is_new || root {
@@ -581,7 +579,7 @@ mod tests {
     use super::*;
     use crate::mark;
     use crate::plan::{self, PlanOptions, Target};
-    use crate::scan::scan;
+    use crate::scan::{Link, scan};
     use crate::select;
     use crate::storage::local::LocalStorage;
     use crate::storage::requests::RequestCounter;

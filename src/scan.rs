@@ -227,6 +227,16 @@ struct StoredLink {
     modified: [u32; 2],
 }
 
+impl StoredLink {
+    /// The whole link, its digest from `universe`.
+    fn link(&self, universe: &BlobUniverse) -> Link {
+        Link {
+            digest: *universe.digest(self.blob),
+            modified: self.modified,
+        }
+    }
+}
+
 impl LayerLinks {
     /// `links`, by index where `universe` holds their blob, sorted.
     pub fn resolved(links: impl IntoIterator<Item = Link>, universe: &BlobUniverse) -> LayerLinks {
@@ -272,7 +282,7 @@ impl LayerLinks {
     pub fn get(&self, position: u32, universe: &BlobUniverse) -> (Link, Option<u32>) {
         let position = position as usize;
         match self.stored.get(position) {
-            Some(stored) => (self.link(stored, universe), Some(stored.blob)),
+            Some(stored) => (stored.link(universe), Some(stored.blob)),
             None => {
                 let link = self.whole[position - self.stored.len()];
                 (link, universe.index(&link.digest))
@@ -285,10 +295,7 @@ impl LayerLinks {
         &'a self,
         universe: &'a BlobUniverse,
     ) -> impl Iterator<Item = (Link, Option<u32>)> + 'a {
-        let stored = self
-            .stored
-            .iter()
-            .map(|s| (self.link(s, universe), Some(s.blob)));
+        let stored = self.stored.iter().map(|s| (s.link(universe), Some(s.blob)));
         let whole = self.whole.iter().map(|l| (*l, universe.index(&l.digest)));
         stored.chain(whole)
     }
@@ -322,13 +329,6 @@ impl LayerLinks {
     fn modified(&self) -> impl Iterator<Item = SystemTime> + '_ {
         let stored = self.stored.iter().map(|s| nanos_since_epoch(s.modified));
         stored.chain(self.whole.iter().map(Link::modified))
-    }
-
-    fn link(&self, stored: &StoredLink, universe: &BlobUniverse) -> Link {
-        Link {
-            digest: *universe.digest(stored.blob),
-            modified: stored.modified,
-        }
     }
 }
 
